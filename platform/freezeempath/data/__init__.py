@@ -1,0 +1,1 @@
+"""Data steps: audio decoding and features, chat templates, R/W interleaving."""

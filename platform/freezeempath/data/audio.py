@@ -1,0 +1,128 @@
+"""Audio front end: decode (soundfile), validate, resample and Whisper log-mel (torchaudio).
+
+Pure functions on arrays and tensors; no Ray. Waveforms are mono float32 at 16 kHz internally.
+Bad input raises ``ValueError`` naming the problem, never a failure deep inside torch.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import soundfile as sf
+import torch
+import torchaudio
+
+MIN_SAMPLE_RATE = 1_000
+MAX_SAMPLE_RATE = 384_000
+HOP_LENGTH = 160  # 10 ms at 16 kHz: Whisper's 100 mel frames per second
+N_FFT = 400
+
+
+def decode_audio(data: bytes) -> tuple[np.ndarray, int]:
+    """Decode WAV/FLAC/OGG/MP3 bytes to ``(samples (N,) or (N, C) float32, sample_rate)``."""
+    if not data:
+        raise ValueError("audio is empty (0 bytes)")
+    try:
+        samples, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=False)
+    except Exception as err:  # soundfile raises several types for undecodable input
+        raise ValueError(f"audio could not be decoded (corrupt or unsupported format): {err}") from None
+    return samples, int(rate)
+
+
+def to_mono(wave: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """``(N,)``, ``(N, C)`` (soundfile) or ``(C, N)`` (torch) → mono ``(N,)``; fewer channels than samples."""
+    x = torch.as_tensor(np.asarray(wave) if not isinstance(wave, torch.Tensor) else wave)
+    if x.ndim == 0 or x.ndim > 2:
+        raise ValueError(f"audio must be 1-D (samples) or 2-D (samples × channels); got {x.ndim}-D {tuple(x.shape)}")
+    if x.ndim == 2:
+        channel_dim = 0 if x.shape[0] < x.shape[1] else 1
+        if x.shape[channel_dim] > 16:
+            raise ValueError(f"audio has {x.shape[channel_dim]} channels; at most 16 are accepted")
+        x = x.mean(dim=channel_dim)
+    return x.to(torch.float32)
+
+
+def validate_waveform(
+    wave: torch.Tensor | np.ndarray, sample_rate: int, max_seconds: float, target_rate: int = 16_000
+) -> torch.Tensor:
+    """Check and normalise one clip: mono, finite, non-empty, sane rate, within ``max_seconds``.
+
+    Returns a mono float32 tensor ``(N,)`` at ``target_rate``.
+    """
+    if isinstance(sample_rate, bool) or not isinstance(sample_rate, int | np.integer):
+        raise ValueError(f"sample rate must be an integer number of Hz, got {sample_rate!r}")
+    if not MIN_SAMPLE_RATE <= sample_rate <= MAX_SAMPLE_RATE:
+        raise ValueError(
+            f"sample rate {sample_rate} Hz is outside the accepted range {MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz"
+        )
+    x = to_mono(wave)
+    if x.numel() == 0:
+        raise ValueError("audio is empty (0 samples)")
+    if not torch.isfinite(x).all():
+        raise ValueError("audio contains NaN or infinite samples")
+    seconds = x.numel() / sample_rate
+    if seconds > max_seconds:
+        raise ValueError(f"audio is {seconds:.2f} s long; the maximum is {max_seconds:g} s")
+    if sample_rate != target_rate:
+        x = torchaudio.functional.resample(x, sample_rate, target_rate)
+    return x
+
+
+@dataclass(frozen=True)
+class Features:
+    """Log-mel features of a batch: ``mel (B, n_mels, frames)`` and valid frame counts ``lens (B,)``."""
+
+    mel: torch.Tensor
+    lens: torch.Tensor
+
+
+class WhisperLogMel(torch.nn.Module):
+    """Whisper's log-mel (n_fft 400, hop 160, Slaney mel, log10, 8-decade floor, ``(x + 4) / 4``).
+
+    Matches ``transformers.WhisperFeatureExtractor`` within 1e-4 on the same padded window.
+    """
+
+    def __init__(self, n_mels: int, window_frames: int, sample_rate: int = 16_000) -> None:
+        super().__init__()
+        self.window_frames = window_frames
+        self.window_samples = window_frames * HOP_LENGTH
+        self.mel = torchaudio.transforms.MelSpectrogram(
+            sample_rate=sample_rate,
+            n_fft=N_FFT,
+            hop_length=HOP_LENGTH,
+            n_mels=n_mels,
+            f_min=0.0,
+            f_max=sample_rate / 2,
+            power=2.0,
+            norm="slaney",
+            mel_scale="slaney",
+            center=True,
+            pad_mode="reflect",
+        )
+
+    def frame_count(self, n_samples: int) -> int:
+        """Valid mel frames of a clip of ``n_samples``: ``ceil(n / hop)``."""
+        return max(1, math.ceil(n_samples / HOP_LENGTH))
+
+    def forward(self, waves: list[torch.Tensor]) -> Features:
+        """Mono 16 kHz clips (each at most one window) → padded features of one window each."""
+        if not waves:
+            raise ValueError("no audio clips given")
+        too_long = [w.numel() for w in waves if w.numel() > self.window_samples]
+        if too_long:
+            raise ValueError(
+                f"a clip has {too_long[0]} samples; one encoder window holds {self.window_samples}"
+            )
+        batch = torch.zeros(len(waves), self.window_samples)
+        for i, w in enumerate(waves):
+            batch[i, : w.numel()] = w
+        spec = self.mel(batch)[..., :-1]  # (B, n_mels, frames): Whisper drops the last STFT frame
+        log_spec = spec.clamp(min=1e-10).log10()
+        peak = log_spec.amax(dim=(1, 2), keepdim=True)
+        log_spec = torch.maximum(log_spec, peak - 8.0)
+        mel = (log_spec + 4.0) / 4.0
+        lens = torch.tensor([self.frame_count(w.numel()) for w in waves], dtype=torch.long)
+        return Features(mel=mel, lens=lens)

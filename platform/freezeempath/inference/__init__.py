@@ -1,0 +1,1 @@
+"""Inference: waveform in → emotion, streamed reply text, speech units and audio chunks."""

@@ -1,0 +1,1 @@
+"""Model parts: encoder, adapter, emotion extractor, frozen LLM, fusion, speech decoder, codec."""

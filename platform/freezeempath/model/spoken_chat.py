@@ -1,0 +1,124 @@
+"""The FreezeEmpath model: built parts composed into one forward pass per training stage.
+
+In: a :class:`~freezeempath.batch.SpeechChatBatch`. Out: a :class:`~freezeempath.batch.ChatOutput`.
+Flow: log-mel → frozen encoder → adapter (S) and emotion extractor (E) → slots filled in the prompt
+embeddings → frozen LLM → (stage 3) speech decoder over the reply's hidden states.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from freezeempath.batch import ChatOutput, SpeechChatBatch, Understanding
+from freezeempath.data.audio import WhisperLogMel
+from freezeempath.model.adapter import FrameStackAdapter
+from freezeempath.model.emotion import AuxEmotionHead, EmotionExtractor
+from freezeempath.model.encoder import SpeechEncoder
+from freezeempath.model.fusion import IGNORE_INDEX, FusedInputs, merge_placeholders
+from freezeempath.model.llm import FrozenLLM
+from freezeempath.model.speech_decoder import SpeechDecoder
+from freezeempath.train.stages import ALWAYS_FROZEN, Stage
+
+
+class FreezeEmpathModel(nn.Module):
+    """Composition of the parts; owns no weights of its own.
+
+    Args:
+        frontend: waveform → Whisper log-mel (no parameters).
+        encoder, llm: frozen in every stage.
+        adapter, emotion, aux_head, speech_decoder: trained in their stages.
+        stop_ids: token ids that end an assistant turn (not read by the speech decoder).
+        read, write: R and W of the decoder's interleaving.
+    """
+
+    def __init__(
+        self,
+        frontend: WhisperLogMel,
+        encoder: SpeechEncoder,
+        adapter: FrameStackAdapter,
+        emotion: EmotionExtractor,
+        aux_head: AuxEmotionHead,
+        llm: FrozenLLM,
+        speech_decoder: SpeechDecoder,
+        stop_ids: list[int],
+        read: int,
+        write: int,
+    ) -> None:
+        super().__init__()
+        self.frontend = frontend
+        self.encoder = encoder.requires_grad_(False)
+        self.adapter = adapter
+        self.emotion = emotion
+        self.aux_head = aux_head
+        self.llm = llm
+        self.speech_decoder = speech_decoder
+        self.stop_ids = list(stop_ids)
+        self.read, self.write = read, write
+
+    def train(self, mode: bool = True) -> FreezeEmpathModel:
+        """Trainable parts follow ``mode``; the encoder and LLM always stay in eval mode."""
+        super().train(mode)
+        for name in ALWAYS_FROZEN:
+            getattr(self, name).eval()
+        return self
+
+    def understand(self, mel: torch.Tensor, mel_lens: torch.Tensor) -> Understanding:
+        """``mel (C, n_mels, F)``, ``mel_lens (C,)`` → S, its lengths, E and aux logits per clip."""
+        with torch.no_grad():
+            enc = self.encoder(mel, mel_lens)
+        speech, speech_lens = self.adapter(enc.last, enc.lens)
+        emotion = self.emotion(enc.layers, enc.lens)
+        return Understanding(speech, speech_lens, emotion, self.aux_head(emotion))
+
+    def fuse(self, batch: SpeechChatBatch, und: Understanding, padding_side: str = "right") -> FusedInputs:
+        """Fill each sequence's slots with the S and E of the clips they name."""
+        return merge_placeholders(
+            batch.input_ids,
+            self.llm.embed,
+            speech=und.speech[batch.speech_clips],
+            speech_lens=und.speech_lens[batch.speech_clips],
+            emotion=und.emotion[batch.emotion_clips],
+            labels=batch.labels,
+            padding_side=padding_side,  # type: ignore[arg-type]
+        )
+
+    def forward(self, batch: SpeechChatBatch, stage: Stage) -> ChatOutput:
+        """One teacher-forced pass; every submodule runs every step (static graph under ZeRO-3)."""
+        und = self.understand(batch.mel, batch.mel_lens)
+        fused = self.fuse(batch, und)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not stage.speech_stage):
+            out = self.llm(fused.embeds, fused.attention_mask)
+        units = None
+        if stage.speech_stage:
+            if batch.units is None or batch.unit_lens is None:
+                raise ValueError(f"stage {stage.value} needs target units in the batch")
+            hidden, tokens, lens = self.reply_states(out.hidden.detach(), fused.labels)
+            units = self.speech_decoder(hidden, tokens, lens, batch.units, batch.unit_lens, self.read, self.write)
+        return ChatOutput(out.logits, fused.labels, und.aux_logits, batch.emotion_labels, units)
+
+    def reply_states(
+        self, hidden: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per reply token, the hidden state at the position that predicted it (stop tokens excluded).
+
+        ``hidden (B, L, D)``, ``labels (B, L)`` → ``(B, n, D)``, tokens ``(B, n)``, lengths ``(B,)``.
+        """
+        rows, toks = [], []
+        stop = torch.tensor(self.stop_ids, device=labels.device)
+        for b in range(labels.shape[0]):
+            pos = (labels[b] != IGNORE_INDEX).nonzero().squeeze(-1)
+            ids = labels[b, pos]
+            ends = torch.isin(ids, stop).nonzero()
+            keep = int(ends[0]) if ends.numel() else ids.numel()
+            if keep == 0:
+                raise ValueError("a stage-3 sample has an empty reply")
+            rows.append(hidden[b, pos[:keep] - 1])
+            toks.append(ids[:keep])
+        lens = torch.tensor([t.numel() for t in toks], device=labels.device)
+        n = int(lens.max())
+        out_h = hidden.new_zeros(len(rows), n, hidden.shape[-1])
+        out_t = torch.zeros(len(rows), n, dtype=torch.long, device=labels.device)
+        for b, (r, t) in enumerate(zip(rows, toks, strict=True)):
+            out_h[b, : r.shape[0]], out_t[b, : t.numel()] = r, t
+        return out_h, out_t, lens

@@ -1,0 +1,1 @@
+"""Training: stages, losses, trainable sets."""
