@@ -20,8 +20,8 @@ from freezeempath.config import (
 )
 
 # sha256 of the weight files shipped in the demo wheels (checked by the loaders).
-WHISPER_TINY_EN_SHA256 = "PLACEHOLDER_WHISPER"
-SMOLLM2_GGUF_SHA256 = "PLACEHOLDER_SMOLLM2"
+WHISPER_TINY_EN_SHA256 = "1a5afae06a4db91c975c9a9d78be5cc110ee4ea022ad57d55492e4550e936b2a"
+SMOLLM2_GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 
 
 def tiny() -> Config:
@@ -29,12 +29,12 @@ def tiny() -> Config:
     return Config(
         preset="tiny",
         model=ModelConfig(
-            encoder=EncoderConfig(window_seconds=4.0, max_input_seconds=4.0),
+            encoder=EncoderConfig(window_seconds=8.0, max_input_seconds=8.0),
             adapter=AdapterConfig(k=5, hidden=64),
             emotion=EmotionConfig(gate_hidden=16, heads=2, ffn_hidden=64),
             llm=LLMConfig(),
             speech_decoder=SpeechDecoderConfig(read=3, write=5, max_units=64),
-            codec=CodecConfig(n_units=32, n_mels=40, n_fft=512, decoder_hidden=32, griffin_lim_iters=8),
+            codec=CodecConfig(n_units=32, n_mels=40, decoder_hidden=32, griffin_lim_iters=8),
             generation=GenerationConfig(max_new_tokens=12),
         ),
     )

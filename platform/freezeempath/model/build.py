@@ -22,6 +22,7 @@ from freezeempath.model.encoder import SpeechEncoder
 from freezeempath.model.llm import FrozenLLM
 from freezeempath.model.speech_decoder import SpeechDecoder
 from freezeempath.model.spoken_chat import FreezeEmpathModel
+from freezeempath.train.stages import ParameterCount, Stage, parameter_counts
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +33,10 @@ def build_model(cfg: ModelConfig, load_weights: bool = True) -> FreezeEmpathMode
     llm = build_llm(cfg.llm, load_weights)
     d_llm, d_enc = llm.hidden_size, cfg.encoder.d_model
     tokenizer = llm.tokenizer
+    with torch.device("cpu"):  # filterbank buffers are computed, even when the parts are built on meta
+        frontend = WhisperLogMel(cfg.encoder.n_mels, cfg.encoder.window_frames, cfg.encoder.sample_rate)
     model = FreezeEmpathModel(
-        frontend=WhisperLogMel(cfg.encoder.n_mels, cfg.encoder.window_frames, cfg.encoder.sample_rate),
+        frontend=frontend,
         encoder=build_encoder(cfg.encoder, load_weights),
         adapter=FrameStackAdapter(cfg.adapter.k, d_enc, cfg.adapter.hidden, d_llm),
         emotion=EmotionExtractor(
@@ -50,6 +53,13 @@ def build_model(cfg: ModelConfig, load_weights: bool = True) -> FreezeEmpathMode
         model.encoder.to(torch.bfloat16)
         model.llm.to(torch.bfloat16)
     return model.train(False)
+
+
+def parameter_report(cfg: ModelConfig) -> dict[Stage, ParameterCount]:
+    """Trainable and total parameters per stage, computed on the meta device (no weights, no memory)."""
+    with torch.device("meta"):
+        model = build_model(cfg, load_weights=False)
+    return parameter_counts(model)
 
 
 def whisper_config(cfg: EncoderConfig) -> Any:

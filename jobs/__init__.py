@@ -1,0 +1,1 @@
+"""Entrypoints for ``ray job submit``; each parses config, calls the library and reports."""

@@ -1,0 +1,73 @@
+"""Config: presets, dotted overrides, rejection of unknown keys and wrong types, saved YAML round trip."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+from helpers import ROOT
+
+from freezeempath.config import Config, ConfigError, from_dict, load_config, save_config, to_dict
+from freezeempath.presets import NAMES
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_preset_loads_and_round_trips(name):
+    cfg = load_config(name)
+    assert cfg.preset == name
+    assert from_dict(Config, to_dict(cfg)) == cfg
+
+
+def test_paper_preset_matches_the_method():
+    m = load_config("paper").model
+    assert (m.encoder.d_model, m.encoder.layers, m.encoder.n_mels) == (1280, 32, 128)
+    assert (m.llm.hidden, m.llm.layers, m.llm.vocab) == (3584, 28, 152064)
+    assert (m.speech_decoder.hidden, m.speech_decoder.layers) == (896, 24)
+    assert (m.codec.n_units, m.codec.unit_rate, m.speech_decoder.read, m.speech_decoder.write) == (8192, 50, 3, 15)
+
+
+def test_dotted_overrides_are_typed():
+    cfg = load_config("tiny", ["model.adapter.k=4", "model.generation.temperature=0", "output_dir=/tmp/x"])
+    assert cfg.model.adapter.k == 4
+    assert cfg.model.generation.temperature == 0.0 and isinstance(cfg.model.generation.temperature, float)
+    assert cfg.output_dir == "/tmp/x"
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("model.adapter.kk=4", "unknown config key model.adapter.kk"),
+        ("model.adapter.k=four", "model.adapter.k: expected int"),
+        ("model.llm.arch=gpt2", "model.llm.arch: 'gpt2' is not one of"),
+        ("model.llm.hidden.x=1", "model.llm.hidden: expected int"),
+        ("model.adapter", "not of the form key.sub=value"),
+        ("model.encoder.max_input_seconds=60", "max_input_seconds must be in"),
+    ],
+)
+def test_bad_overrides_name_the_key(override, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        load_config("tiny", [override])
+
+
+def test_yaml_file_with_preset_and_unknown_key(tmp_path):
+    good = tmp_path / "good.yaml"
+    good.write_text(yaml.safe_dump({"preset": "tiny", "model": {"adapter": {"hidden": 8}}}))
+    assert load_config(good).model.adapter.hidden == 8
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"preset": "tiny", "model": {"emotion": {"heads": 2, "head": 1}}}))
+    with pytest.raises(ConfigError, match="unknown config key model.emotion.head"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="neither a preset"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_saved_config_reloads_identically(tmp_path):
+    cfg = load_config("demo", ["model.generation.max_new_tokens=7"])
+    path = save_config(cfg, tmp_path / "run")
+    assert load_config(path) == cfg
+
+
+def test_every_shipped_yaml_loads():
+    files = sorted((ROOT / "jobs" / "configs").rglob("*.yaml"))
+    assert files, "jobs/configs has no YAML"
+    for f in files:
+        load_config(f)
