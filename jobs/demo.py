@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import soundfile as sf
-
 from freezeempath.assets import bundled_question
 from freezeempath.config import load_config, save_config
 from freezeempath.inference.dialogue import AudioInput, Message

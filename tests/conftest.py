@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+
 import pytest
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 torch.set_num_threads(2)
+
 
 @pytest.fixture
 def tiny_cfg():

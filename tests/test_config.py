@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 import yaml
-from helpers import ROOT
-
 from freezeempath.config import Config, ConfigError, from_dict, load_config, save_config, to_dict
 from freezeempath.presets import NAMES
+from helpers import ROOT
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -22,7 +21,12 @@ def test_paper_preset_matches_the_method():
     assert (m.encoder.d_model, m.encoder.layers, m.encoder.n_mels) == (1280, 32, 128)
     assert (m.llm.hidden, m.llm.layers, m.llm.vocab) == (3584, 28, 152064)
     assert (m.speech_decoder.hidden, m.speech_decoder.layers) == (896, 24)
-    assert (m.codec.n_units, m.codec.unit_rate, m.speech_decoder.read, m.speech_decoder.write) == (8192, 50, 3, 15)
+    assert (m.codec.n_units, m.codec.unit_rate, m.speech_decoder.read, m.speech_decoder.write) == (
+        8192,
+        50,
+        3,
+        15,
+    )
 
 
 def test_dotted_overrides_are_typed():

@@ -92,9 +92,7 @@ def paper() -> Config:
     return Config(
         preset="paper",
         model=ModelConfig(
-            encoder=EncoderConfig(
-                source="hf", path="", d_model=1280, layers=32, heads=20, ffn_dim=5120, n_mels=128
-            ),
+            encoder=EncoderConfig(source="hf", path="", d_model=1280, layers=32, heads=20, ffn_dim=5120, n_mels=128),
             adapter=AdapterConfig(k=5, hidden=2048),
             emotion=EmotionConfig(gate_hidden=128, heads=4, ffn_hidden=2048, aux_weight=0.8),
             llm=LLMConfig(

@@ -8,10 +8,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from freezeempath.data.audio import WhisperLogMel, decode_audio, validate_waveform
 from helpers import speech_like
 from transformers import WhisperFeatureExtractor
-
-from freezeempath.data.audio import WhisperLogMel, decode_audio, validate_waveform
 
 
 @pytest.mark.parametrize(("n_mels", "seconds", "clip_seconds"), [(80, 30, 3.3), (128, 30, 1.0), (80, 4, 2.5)])

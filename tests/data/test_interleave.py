@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from freezeempath.data.interleave import Side, interleave_layout
 
 
@@ -13,9 +12,7 @@ def _code(layout):
 
 def test_interleaves_r_then_w_and_last_text_chunk_takes_all_remaining_units():
     # text 7 (6 states + <sep>), units 12 (11 + EOS), R=3, W=4: x-chunks 3, u-chunks 3 → interleave
-    assert _code(interleave_layout(7, 12, 3, 4)) == (
-        "t0t1t2u0u1u2u3" "t3t4t5u4u5u6u7" "t6u8u9u10u11"
-    )
+    assert _code(interleave_layout(7, 12, 3, 4)) == ("t0t1t2u0u1u2u3t3t4t5u4u5u6u7t6u8u9u10u11")
 
 
 def test_no_interleaving_when_units_have_fewer_chunks_than_text():

@@ -23,7 +23,11 @@ def test_spoken_turn_has_one_speech_and_one_emotion_slot_and_reply_only_labels()
 
 def test_multi_turn_history_gives_a_slot_pair_per_spoken_turn():
     tok = byte_level_chat_tokenizer()
-    turns = [Turn("user", spoken=True), Turn("assistant", "Tell me more."), Turn("user", "also this", spoken=True)]
+    turns = [
+        Turn("user", spoken=True),
+        Turn("assistant", "Tell me more."),
+        Turn("user", "also this", spoken=True),
+    ]
     p = render(tok, turns)
     assert p.n_speech == 2 and p.input_ids.count(EMOTION_TOKEN_ID) == 2
     assert "Tell me more." in tok.decode([t for t in p.input_ids if t >= 0])

@@ -5,11 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from helpers import speech_like
-
 from freezeempath.inference.dialogue import AudioInput, Message
-from freezeempath.inference.generate import AudioChunk, Done, EmotionEvent, TextDelta, UnitChunk, build_responder
+from freezeempath.inference.generate import (
+    AudioChunk,
+    Done,
+    EmotionEvent,
+    TextDelta,
+    UnitChunk,
+    build_responder,
+)
 from freezeempath.labels import LABEL_WORDS
+from helpers import speech_like
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from freezeempath.model.fusion import EMOTION_TOKEN_ID as E
 from freezeempath.model.fusion import IGNORE_INDEX as X
 from freezeempath.model.fusion import SPEECH_TOKEN_ID as S
@@ -31,8 +30,9 @@ def test_merge_fills_slots_in_reading_order_with_valid_rows_only():
 
 def test_left_padding_for_generation():
     ids = [torch.tensor([1, 2, 3]), torch.tensor([S, 5])]
-    out = merge_placeholders(ids, embed, torch.tensor([[[7.0, 7]]]), torch.tensor([1]), torch.zeros(0, 1, 2),
-                             padding_side="left")
+    out = merge_placeholders(
+        ids, embed, torch.tensor([[[7.0, 7]]]), torch.tensor([1]), torch.zeros(0, 1, 2), padding_side="left"
+    )
     assert out.embeds[1, :, 0].tolist() == [0, 7, 5]
     assert out.attention_mask[1].tolist() == [0, 1, 1]
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from freezeempath.config import LLMConfig
 from freezeempath.model.build import build_llm
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-
 from freezeempath.config import SpeechDecoderConfig
 from freezeempath.data.interleave import Side, interleave_layout
 from freezeempath.model.build import build_speech_decoder
@@ -54,8 +53,15 @@ def test_sampling_draws_units_only_and_respects_the_budget():
 
 def test_forward_loss_only_counts_units():
     dec = _decoder()
-    out = dec(torch.randn(2, 5, 24), torch.randint(0, 50, (2, 5)), torch.tensor([5, 2]),
-              torch.randint(0, 16, (2, 9)), torch.tensor([9, 4]), 3, 4)
+    out = dec(
+        torch.randn(2, 5, 24),
+        torch.randint(0, 50, (2, 5)),
+        torch.tensor([5, 2]),
+        torch.randint(0, 16, (2, 9)),
+        torch.tensor([9, 4]),
+        3,
+        4,
+    )
     counted = (out.labels != -100).sum(dim=1)
     assert counted.tolist() == [10, 5]  # units + EOS per item
     assert torch.isfinite(out.loss)

@@ -6,14 +6,13 @@ import hashlib
 
 import pytest
 import torch
-from helpers import speech_like
-
 from freezeempath.batch import SpeechChatBatch
 from freezeempath.config import load_config
 from freezeempath.data.template import Turn, render
 from freezeempath.model.build import build_model, parameter_report
 from freezeempath.train.losses import total_loss
 from freezeempath.train.stages import Stage, apply_stage, loss_weights
+from helpers import speech_like
 
 
 def weights_hash(module: torch.nn.Module) -> str:
@@ -29,11 +28,15 @@ def make_batch(model) -> SpeechChatBatch:
     prompts = [render(tok, [Turn("user", spoken=True)], reply=r) for r in ("I'm sorry.", "How lovely!")]
     feats = model.frontend([speech_like(1.5, seed=1), speech_like(2.5, seed=2), speech_like(1.0, seed=3)])
     return SpeechChatBatch(
-        mel=feats.mel, mel_lens=feats.lens,
-        input_ids=[torch.tensor(p.input_ids) for p in prompts], labels=[torch.tensor(p.labels) for p in prompts],
-        speech_clips=torch.tensor([0, 1]), emotion_clips=torch.tensor([2, 1]),  # 2b-style: E from another clip
+        mel=feats.mel,
+        mel_lens=feats.lens,
+        input_ids=[torch.tensor(p.input_ids) for p in prompts],
+        labels=[torch.tensor(p.labels) for p in prompts],
+        speech_clips=torch.tensor([0, 1]),
+        emotion_clips=torch.tensor([2, 1]),  # 2b-style: E from another clip
         emotion_labels=torch.tensor([3, 2, 0]),
-        units=torch.randint(0, 32, (2, 12)), unit_lens=torch.tensor([12, 7]),
+        units=torch.randint(0, 32, (2, 12)),
+        unit_lens=torch.tensor([12, 7]),
     )
 
 

@@ -113,9 +113,7 @@ class WhisperLogMel(torch.nn.Module):
             raise ValueError("no audio clips given")
         too_long = [w.numel() for w in waves if w.numel() > self.window_samples]
         if too_long:
-            raise ValueError(
-                f"a clip has {too_long[0]} samples; one encoder window holds {self.window_samples}"
-            )
+            raise ValueError(f"a clip has {too_long[0]} samples; one encoder window holds {self.window_samples}")
         batch = torch.zeros(len(waves), self.window_samples)
         for i, w in enumerate(waves):
             batch[i, : w.numel()] = w

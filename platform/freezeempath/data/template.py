@@ -74,9 +74,7 @@ def render(tokenizer: Any, turns: list[Turn], reply: str | None = None) -> Promp
     ids = _encode_with_slots(tokenizer, prompt)
     if reply is None:
         return PromptIds(input_ids=ids, labels=[IGNORE_INDEX] * len(ids))
-    full = tokenizer.apply_chat_template(
-        [*messages, {"role": "assistant", "content": sanitize(reply)}], tokenize=False
-    )
+    full = tokenizer.apply_chat_template([*messages, {"role": "assistant", "content": sanitize(reply)}], tokenize=False)
     if not full.startswith(prompt):
         raise ValueError("chat template does not extend the generation prompt with the reply")
     reply_ids = tokenizer.encode(full[len(prompt) :], add_special_tokens=False)

@@ -83,8 +83,14 @@ class _Stream:
 class Responder:
     """Runs the model and codec for a batch of dialogues, streaming events."""
 
-    def __init__(self, model: FreezeEmpathModel, codec: SpeechCodec, generation: GenerationConfig,
-                 max_input_seconds: float, max_units: int) -> None:
+    def __init__(
+        self,
+        model: FreezeEmpathModel,
+        codec: SpeechCodec,
+        generation: GenerationConfig,
+        max_input_seconds: float,
+        max_units: int,
+    ) -> None:
         self.model = model.eval()
         self.codec = codec
         self.cfg = generation
@@ -96,8 +102,12 @@ class Responder:
         return collect(self.stream(dialogues, **kwargs), len(dialogues))
 
     @torch.no_grad()
-    def stream(self, dialogues: list[list[Message]], max_new_tokens: int | None = None,
-               temperature: float | None = None) -> Iterator[Event]:
+    def stream(
+        self,
+        dialogues: list[list[Message]],
+        max_new_tokens: int | None = None,
+        temperature: float | None = None,
+    ) -> Iterator[Event]:
         """Generate replies for ``dialogues`` (batch ≥ 1); see the module docstring for the events."""
         if not dialogues:
             raise ValueError("no dialogues given")
@@ -107,10 +117,22 @@ class Responder:
             emotion = EmotionResult.from_logits(und.aux_logits[clip]) if und is not None and clip >= 0 else None
             yield EmotionEvent(i, emotion)
         generator = torch.Generator().manual_seed(self.cfg.seed)
-        streams = [_Stream(i, UnitStream(self.model.speech_decoder, self.max_units, self.cfg.unit_temperature,
-                                         generator), self.codec) for i in range(len(dialogues))]
-        yield from self._decode(batch, und, streams, generator, max_new_tokens or self.cfg.max_new_tokens,
-                                self.cfg.temperature if temperature is None else temperature)
+        streams = [
+            _Stream(
+                i,
+                UnitStream(self.model.speech_decoder, self.max_units, self.cfg.unit_temperature, generator),
+                self.codec,
+            )
+            for i in range(len(dialogues))
+        ]
+        yield from self._decode(
+            batch,
+            und,
+            streams,
+            generator,
+            max_new_tokens or self.cfg.max_new_tokens,
+            self.cfg.temperature if temperature is None else temperature,
+        )
 
     def _batch(self, dialogues: list[list[Message]]) -> tuple[SpeechChatBatch, list[int]]:
         tokenizer = self.model.llm.tokenizer
@@ -130,19 +152,29 @@ class Responder:
         batch = SpeechChatBatch(
             mel=feats.mel if feats else torch.zeros(0, n_mels, self.model.frontend.window_frames),
             mel_lens=feats.lens if feats else torch.zeros(0, dtype=torch.long),
-            input_ids=ids, labels=[torch.full_like(x, -100) for x in ids],
-            speech_clips=slots, emotion_clips=slots, emotion_labels=torch.full((len(clips),), -100),
+            input_ids=ids,
+            labels=[torch.full_like(x, -100) for x in ids],
+            speech_clips=slots,
+            emotion_clips=slots,
+            emotion_labels=torch.full((len(clips),), -100),
         )
         return batch, last_clip
 
-    def _decode(self, batch: SpeechChatBatch, und, streams: list[_Stream], generator: torch.Generator,
-                max_new_tokens: int, temperature: float) -> Iterator[Event]:
+    def _decode(
+        self,
+        batch: SpeechChatBatch,
+        und,
+        streams: list[_Stream],
+        generator: torch.Generator,
+        max_new_tokens: int,
+        temperature: float,
+    ) -> Iterator[Event]:
         llm = self.model.llm
         if und is None:  # text-only dialogues: no slots to fill
             d = llm.hidden_size
             und = _empty_understanding(d)
         fused = self.model.fuse(batch, und, padding_side="left")
-        out = llm(fused.embeds, fused.attention_mask, use_cache=True)
+        out = llm(fused.embeds, fused.attention_mask, use_cache=True, last_logits_only=True)
         mask, cache = fused.attention_mask, out.cache
         logits, hidden = out.logits[:, -1], out.hidden[:, -1]
         pad = llm.tokenizer.pad_token_id or 0
@@ -155,7 +187,7 @@ class Responder:
                 return
             tokens = torch.tensor([pad if s.done else s.tokens[-1] for s in streams])
             mask = torch.cat([mask, torch.ones(len(streams), 1, dtype=mask.dtype)], dim=1)
-            out = llm(llm.embed(tokens)[:, None], mask, cache=cache, use_cache=True)
+            out = llm(llm.embed(tokens)[:, None], mask, cache=cache, use_cache=True, last_logits_only=True)
             cache, logits, hidden = out.cache, out.logits[:, -1], out.hidden[:, -1]
 
     def _advance(self, s: _Stream, token: int, hidden: torch.Tensor, last_step: bool) -> Iterator[Event]:
@@ -242,9 +274,9 @@ def _top_p(probs: torch.Tensor, top_p: float) -> torch.Tensor:
 def _empty_understanding(d: int):
     from freezeempath.batch import Understanding
 
-    return Understanding(torch.zeros(0, 1, d), torch.zeros(0, dtype=torch.long), torch.zeros(0, 1, d),
-                         torch.zeros(0, 5))
-
+    return Understanding(
+        torch.zeros(0, 1, d), torch.zeros(0, dtype=torch.long), torch.zeros(0, 1, d), torch.zeros(0, 5)
+    )
 
 
 def build_responder(cfg: ModelConfig) -> Responder:
@@ -252,5 +284,10 @@ def build_responder(cfg: ModelConfig) -> Responder:
     from freezeempath.model.build import build_model
     from freezeempath.model.codec import build_codec
 
-    return Responder(build_model(cfg), build_codec(cfg.codec), cfg.generation, cfg.encoder.max_input_seconds,
-                     cfg.speech_decoder.max_units)
+    return Responder(
+        build_model(cfg),
+        build_codec(cfg.codec),
+        cfg.generation,
+        cfg.encoder.max_input_seconds,
+        cfg.speech_decoder.max_units,
+    )

@@ -40,7 +40,12 @@ def build_model(cfg: ModelConfig, load_weights: bool = True) -> FreezeEmpathMode
         encoder=build_encoder(cfg.encoder, load_weights),
         adapter=FrameStackAdapter(cfg.adapter.k, d_enc, cfg.adapter.hidden, d_llm),
         emotion=EmotionExtractor(
-            cfg.encoder.layers, d_enc, d_llm, cfg.emotion.gate_hidden, cfg.emotion.heads, cfg.emotion.ffn_hidden
+            cfg.encoder.layers,
+            d_enc,
+            d_llm,
+            cfg.emotion.gate_hidden,
+            cfg.emotion.heads,
+            cfg.emotion.ffn_hidden,
         ),
         aux_head=AuxEmotionHead(d_llm),
         llm=llm,

@@ -32,16 +32,8 @@ from freezeempath.config import CodecConfig
 from freezeempath.data.audio import validate_waveform
 from freezeempath.model.masks import length_mask
 
-CODEC_ARGS = (
-    "n_units",
-    "unit_rate",
-    "sample_rate",
-    "n_mels",
-    "n_fft",
-    "decoder_hidden",
-    "griffin_lim_iters",
-    "context_units",
-)  # MelKMeansCodec's constructor args = the shape fields of CodecConfig, in order
+# MelKMeansCodec's constructor args: CodecConfig's fields except ``kind`` and ``path``, in order
+CODEC_ARGS = tuple(f.name for f in dataclasses.fields(CodecConfig) if f.name not in ("kind", "path"))
 LOG_FLOOR = math.log(1e-5)  # log-mel floor: silence, and the context before the first unit
 DECODER_LAYERS = 3
 DECODER_KERNEL = 3
@@ -66,7 +58,7 @@ class SpeechCodec(Protocol):
         ...
 
     def stream(self) -> UnitStreamDecoder:
-        """A fresh incremental decoder whose pushes concatenate to ``decode`` of all units."""
+        """A fresh incremental decoder: pushes + flush give ``T · hop`` samples, like ``decode``."""
         ...
 
 
@@ -185,6 +177,9 @@ class MelKMeansCodec(nn.Module):
     deterministic: fixed init seed, k-means seeded by ``fit(seed=...)``, Griffin-Lim from zero phase.
     """
 
+    codebook: torch.Tensor  # (n_units, n_mels) buffer: k-means centroids in log-mel
+    fade_ramp: torch.Tensor  # (hop // 2,) buffer: raised-cosine cross-fade weights of the next chunk
+
     def __init__(
         self,
         n_units: int,
@@ -197,24 +192,13 @@ class MelKMeansCodec(nn.Module):
         context_units: int,
     ) -> None:
         super().__init__()
-        values = (
-            n_units,
-            unit_rate,
-            sample_rate,
-            n_mels,
-            n_fft,
-            decoder_hidden,
-            griffin_lim_iters,
-            context_units,
-        )
-        self.args: dict[str, int] = dict(zip(CODEC_ARGS, values, strict=True))
-        self.hop_length = _check_args(**self.args)
-        self.n_units, self.unit_rate, self.sample_rate = n_units, unit_rate, sample_rate
-        self.n_mels, self.context_units, self.fade_length = n_mels, context_units, self.hop_length // 2
+        self.n_units, self.unit_rate, self.sample_rate, self.n_mels = n_units, unit_rate, sample_rate, n_mels
+        self.n_fft, self.decoder_hidden, self.griffin_lim_iters = n_fft, decoder_hidden, griffin_lim_iters
+        self.context_units = context_units
+        self.hop_length = _hop_length(self.args)
+        self.fade_length = self.hop_length // 2
         hop, transforms = self.hop_length, torchaudio.transforms
-        self.mel = transforms.MelSpectrogram(
-            sample_rate, n_fft, hop_length=hop, n_mels=n_mels, pad_mode="constant"
-        )
+        self.mel = transforms.MelSpectrogram(sample_rate, n_fft, hop_length=hop, n_mels=n_mels, pad_mode="constant")
         self.inverse_mel = transforms.InverseMelScale(n_fft // 2 + 1, n_mels, sample_rate, driver="gelsd")
         self.griffin_lim = transforms.GriffinLim(n_fft, griffin_lim_iters, hop_length=hop, rand_init=False)
         steps = (torch.arange(self.fade_length) + 0.5) / self.fade_length  # (fade,)
@@ -223,6 +207,11 @@ class MelKMeansCodec(nn.Module):
             torch.manual_seed(0)
             self.register_buffer("codebook", LOG_FLOOR / 2 + 2.0 * torch.randn(n_units, n_mels))
             self.decoder = UnitMelDecoder(n_units, n_mels, decoder_hidden)
+
+    @property
+    def args(self) -> dict[str, int]:
+        """The constructor args (what ``codec.json`` holds)."""
+        return {name: getattr(self, name) for name in CODEC_ARGS}
 
     def frame_count(self, n_samples: int) -> int:
         """Units for a clip of ``n_samples``: ``ceil(n_samples / hop)``."""
@@ -250,9 +239,8 @@ class MelKMeansCodec(nn.Module):
         if units.dtype.is_floating_point or units.dtype.is_complex or units.dtype == torch.bool:
             raise ValueError(f"units must be an integer tensor, got {units.dtype}")
         if units.numel() and (units.min() < 0 or units.max() >= self.n_units):
-            raise ValueError(
-                f"units must lie in [0, {self.n_units}); got {int(units.min())}..{int(units.max())}"
-            )
+            low, high = int(units.min()), int(units.max())
+            raise ValueError(f"units must lie in [0, {self.n_units}); got values {low}..{high}")
         return units.to(device=self.codebook.device, dtype=torch.long)
 
     def quantize(self, frames: torch.Tensor) -> torch.Tensor:
@@ -358,7 +346,7 @@ class MelKMeansCodec(nn.Module):
         return {"codebook": self.codebook, **decoder}
 
     def save(self, directory: str | Path) -> Path:
-        """Write ``codec.safetensors`` (fitted state) and ``codec.json`` (constructor args) to ``directory``."""
+        """Write ``codec.safetensors`` (fitted state) and ``codec.json`` (args); returns the directory."""
         root = Path(directory)
         root.mkdir(parents=True, exist_ok=True)
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.fitted_state().items()}
@@ -387,10 +375,9 @@ class MelKMeansCodec(nn.Module):
         if missing or extra:
             raise ValueError(f"{source}: codec tensors do not match (missing {missing}, unexpected {extra})")
         for name, value in own.items():
-            if tensors[name].shape != value.shape:
-                raise ValueError(
-                    f"{source}: {name} has shape {tuple(tensors[name].shape)}, expected {tuple(value.shape)}"
-                )
+            got, want = tuple(tensors[name].shape), tuple(value.shape)
+            if got != want:
+                raise ValueError(f"{source}: {name} has shape {got}, but codec.json implies {want}")
             value.copy_(tensors[name])
 
 
@@ -406,36 +393,27 @@ def build_codec(cfg: CodecConfig) -> MelKMeansCodec:
     return codec
 
 
-def _check_args(
-    n_units: int,
-    unit_rate: int,
-    sample_rate: int,
-    n_fft: int,
-    context_units: int,
-    griffin_lim_iters: int,
-    **_: int,
-) -> int:
-    """Reject codec shapes the front end or Griffin-Lim cannot serve; returns ``hop``."""
-    hop = sample_rate // unit_rate if unit_rate > 0 else 0
-    problems = [
-        (n_units >= 2, f"n_units must be at least 2, got {n_units}"),
-        (
-            hop > 0 and hop * unit_rate == sample_rate,
-            f"sample_rate {sample_rate} is not a multiple of unit_rate",
-        ),
-        (n_fft >= 2 * hop, f"n_fft ({n_fft}) must be at least 2 × hop ({hop})"),
-        (context_units >= 1, f"context_units must be at least 1, got {context_units}"),
-        (context_units * hop + hop // 2 > n_fft // 2, "context_units × hop must exceed n_fft / 2"),
-        (griffin_lim_iters >= 1, f"griffin_lim_iters must be at least 1, got {griffin_lim_iters}"),
-    ]
-    for ok, message in problems:
-        if not ok:
-            raise ValueError(f"codec: {message}")
+def _hop_length(args: dict[str, int]) -> int:
+    """Reject codec shapes that the front end or Griffin-Lim cannot serve; returns ``hop``."""
+    units, rate, sr, fft = args["n_units"], args["unit_rate"], args["sample_rate"], args["n_fft"]
+    context, iters = args["context_units"], args["griffin_lim_iters"]
+    hop = sr // rate if rate > 0 else 0
+    checks = {
+        f"n_units must be at least 2, got {units}": units >= 2,
+        f"sample_rate {sr} is not a positive multiple of unit_rate {rate}": hop > 0 and hop * rate == sr,
+        f"n_fft ({fft}) must be at least 2 × hop ({hop})": fft >= 2 * hop,
+        f"context_units must be at least 1, got {context}": context >= 1,
+        "context_units × hop + hop / 2 must exceed n_fft / 2": context * hop + hop // 2 > fft // 2,
+        f"griffin_lim_iters must be at least 1, got {iters}": iters >= 1,
+    }
+    problems = [message for message, ok in checks.items() if not ok]
+    if problems:
+        raise ValueError(f"codec: {'; '.join(problems)}")
     return hop
 
 
 def _nearest(frames: torch.Tensor, centroids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``frames (F, D)``, ``centroids (K, D)`` → nearest centroid's squared distance ``(F,)``, index ``(F,)``."""
+    """``frames (F, D)``, ``centroids (K, D)`` → squared distance to the nearest ``(F,)`` and its index."""
     dist = torch.cdist(frames, centroids, compute_mode="donot_use_mm_for_euclid_dist").square()  # (F, K)
     best, index = dist.min(dim=1)
     return best, index
@@ -454,14 +432,12 @@ def _kmeans_plus_plus(frames: torch.Tensor, k: int, generator: torch.Generator) 
     return torch.cat(chosen)
 
 
-def _kmeans(
-    frames: torch.Tensor, k: int, iters: int, generator: torch.Generator
-) -> tuple[torch.Tensor, float]:
+def _kmeans(frames: torch.Tensor, k: int, iters: int, rng: torch.Generator) -> tuple[torch.Tensor, float]:
     """Lloyd's k-means from k-means++ seeds; empty clusters are re-seeded with the worst-fit frames.
 
     Returns the centroids ``(k, D)`` and the mean squared distance of frames to their centroid.
     """
-    centroids = _kmeans_plus_plus(frames, k, generator)
+    centroids = _kmeans_plus_plus(frames, k, rng)
     for _ in range(iters):
         dist, assign = _nearest(frames, centroids)
         counts = torch.bincount(assign, minlength=k)  # (k,)

@@ -59,10 +59,12 @@ class FrozenLLM(nn.Module):
         position_ids: torch.Tensor | None = None,
         cache: Any = None,
         use_cache: bool = False,
+        last_logits_only: bool = False,
     ) -> LLMOutput:
         """``embeds (B, L, D)``, ``attention_mask (B, L_total)`` → :class:`LLMOutput`.
 
         ``position_ids`` default to the running count of attended positions, so left padding works.
+        ``last_logits_only`` computes logits for the last position only (generation prefill).
         """
         if position_ids is None:
             position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -embeds.shape[1] :]
@@ -74,5 +76,6 @@ class FrozenLLM(nn.Module):
             use_cache=use_cache,
             output_hidden_states=True,
             return_dict=True,
+            logits_to_keep=1 if last_logits_only else 0,
         )
         return LLMOutput(logits=out.logits, hidden=out.hidden_states[-1], cache=out.cache)

@@ -104,8 +104,9 @@ class SpeechDecoder(nn.Module):
             unit_side = self.embed(unit_ids)  # (m + 1, d)
             layout = interleave_layout(n + 1, m + 1, read, write)
             sequences.append(torch.stack([text_side[i] if s is Side.TEXT else unit_side[i] for s, i in layout]))
-            targets.append(torch.stack([unit_ids[i] if s is Side.UNIT else unit_ids.new_tensor(IGNORE_INDEX)
-                                        for s, i in layout]))
+            targets.append(
+                torch.stack([unit_ids[i] if s is Side.UNIT else unit_ids.new_tensor(IGNORE_INDEX) for s, i in layout])
+            )
         embeds, labels, mask, lens = _pad_right(sequences, targets)
         logits = self.lm(inputs_embeds=embeds, attention_mask=mask, return_dict=True).logits  # (B, L, V)
         loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE_INDEX)
@@ -149,8 +150,13 @@ class UnitStream:
     Teacher forcing (``forced``) reproduces :meth:`SpeechDecoder.forward` exactly.
     """
 
-    def __init__(self, decoder: SpeechDecoder, max_units: int, temperature: float = 1.0,
-                 generator: torch.Generator | None = None) -> None:
+    def __init__(
+        self,
+        decoder: SpeechDecoder,
+        max_units: int,
+        temperature: float = 1.0,
+        generator: torch.Generator | None = None,
+    ) -> None:
         from transformers import DynamicCache
 
         self.decoder = decoder

@@ -15,8 +15,8 @@ import logging
 import re
 import shutil
 import struct
-import tempfile
 import time
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,14 +37,13 @@ PIP_HINTS: dict[str, str] = {
 }
 
 CT2_BINARY_VERSION = 6
-# CTranslate2 dtype codes; 5 (bfloat16) has no numpy type and is widened by hand.
+# CTranslate2 dtype codes; 5 (bfloat16) has no numpy type: read as uint16 and widened by hand.
 _CT2_DTYPES: dict[int, type[np.generic]] = {
     0: np.float32,
     1: np.int8,
     2: np.int16,
     3: np.int32,
     4: np.float16,
-    5: np.uint16,
 }
 _CT2_BFLOAT16 = 5
 
@@ -58,18 +57,17 @@ _CT2_ENCODER_TOP = {
     "layer_norm.weight": "layer_norm/gamma",
     "layer_norm.bias": "layer_norm/beta",
 }
-# ``layers.{i}.<key>`` → ``layer_{i}/<name>``; the fused q|k|v projection is split separately.
+# ``layers.{i}.<module>`` → ``layer_{i}/<name>``; the fused q|k|v projection is split separately.
+_CT2_LAYER_LINEARS = {
+    "self_attn.out_proj": "self_attention/linear_1",
+    "fc1": "ffn/linear_0",
+    "fc2": "ffn/linear_1",
+}
+_CT2_LAYER_NORMS = {"self_attn_layer_norm": "self_attention/layer_norm", "final_layer_norm": "ffn/layer_norm"}
 _CT2_ENCODER_LAYER = {
-    "self_attn.out_proj.weight": "self_attention/linear_1/weight",
-    "self_attn.out_proj.bias": "self_attention/linear_1/bias",
-    "self_attn_layer_norm.weight": "self_attention/layer_norm/gamma",
-    "self_attn_layer_norm.bias": "self_attention/layer_norm/beta",
-    "fc1.weight": "ffn/linear_0/weight",
-    "fc1.bias": "ffn/linear_0/bias",
-    "fc2.weight": "ffn/linear_1/weight",
-    "fc2.bias": "ffn/linear_1/bias",
-    "final_layer_norm.weight": "ffn/layer_norm/gamma",
-    "final_layer_norm.bias": "ffn/layer_norm/beta",
+    **{f"{hf}.{p}": f"{ct2}/{p}" for hf, ct2 in _CT2_LAYER_LINEARS.items() for p in ("weight", "bias")},
+    **{f"{hf}.weight": f"{ct2}/gamma" for hf, ct2 in _CT2_LAYER_NORMS.items()},
+    **{f"{hf}.bias": f"{ct2}/beta" for hf, ct2 in _CT2_LAYER_NORMS.items()},
 }
 # Scalars CTranslate2 stores for its own runtime; they have no tensor in the PyTorch module.
 _CT2_ENCODER_IGNORED = frozenset({"num_heads"})
@@ -166,7 +164,7 @@ def load_state_strict(module: torch.nn.Module, state: Mapping[str, torch.Tensor]
 class _Cursor:
     """Reads little-endian fields from a byte buffer, front to back."""
 
-    buffer: bytes
+    buffer: memoryview
     offset: int = 0
 
     def unpack(self, fmt: str) -> tuple[Any, ...]:
@@ -174,7 +172,7 @@ class _Cursor:
         self.offset += struct.calcsize("<" + fmt)
         return values
 
-    def take(self, size: int) -> bytes:
+    def take(self, size: int) -> memoryview:
         if self.offset + size > len(self.buffer):
             raise ValueError(f"truncated: {size} bytes wanted at offset {self.offset}")
         chunk = self.buffer[self.offset : self.offset + size]
@@ -184,7 +182,7 @@ class _Cursor:
     def string(self) -> str:
         # The u16 length counts a trailing NUL.
         (size,) = self.unpack("H")
-        return self.take(size).rstrip(b"\0").decode()
+        return bytes(self.take(size)).rstrip(b"\0").decode()
 
 
 def read_ct2(path: Path) -> dict[str, np.ndarray]:
@@ -204,7 +202,7 @@ def read_ct2(path: Path) -> dict[str, np.ndarray]:
     Raises:
         ValueError: Another binary version, an unknown dtype, or a truncated file.
     """
-    cursor = _Cursor(path.read_bytes())
+    cursor = _Cursor(memoryview(path.read_bytes()))
     try:
         (version,) = cursor.unpack("I")
         if version != CT2_BINARY_VERSION:
@@ -225,11 +223,13 @@ def _read_ct2_variable(cursor: _Cursor) -> tuple[str, np.ndarray]:
     dims = cursor.unpack("I" * rank)
     (code,) = cursor.unpack("B")
     (size,) = cursor.unpack("I")
-    if code not in _CT2_DTYPES:
-        raise ValueError(f"{name}: unknown dtype code {code}")
-    array = np.frombuffer(cursor.take(size), _CT2_DTYPES[code])
     if code == _CT2_BFLOAT16:
-        array = (array.astype(np.uint32) << 16).view(np.float32)  # bf16 = upper half of an f32
+        halves = np.frombuffer(cursor.take(size), np.uint16)
+        array = (halves.astype(np.uint32) << 16).view(np.float32)  # bf16 = upper half of an f32
+    elif code in _CT2_DTYPES:
+        array = np.frombuffer(cursor.take(size), _CT2_DTYPES[code])
+    else:
+        raise ValueError(f"{name}: unknown dtype code {code}")
     if array.size != int(np.prod(dims)):
         raise ValueError(f"{name}: {array.size} values for shape {dims}")
     return name, array.reshape(dims)
@@ -301,9 +301,7 @@ def _ct2_encoder_layer(remaining: dict[str, np.ndarray], i: int) -> dict[str, np
     return state
 
 
-def load_hf_whisper_encoder_state(
-    directory: Path, dtype: torch.dtype = torch.float32
-) -> dict[str, torch.Tensor]:
+def load_hf_whisper_encoder_state(directory: Path, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
     """Read the encoder weights of a local Hugging Face Whisper directory (the ``paper`` preset).
 
     Only encoder tensors are read from the safetensors file(s), so the decoder of a large model
@@ -422,9 +420,7 @@ def _dequantise_gguf(directory: Path, file: str) -> tuple[PreTrainedModel, PreTr
     settings = loaded.config.to_dict()
     settings.pop("quantization_config", None)
     config = type(loaded.config).from_dict(settings)
-    model = type(loaded).from_pretrained(
-        None, config=config, state_dict=loaded.state_dict(), dtype=torch.float32
-    )
+    model = type(loaded).from_pretrained(None, config=config, state_dict=loaded.state_dict(), dtype=torch.float32)
     return model, tokenizer
 
 
@@ -440,7 +436,8 @@ def _write_cache(model: Any, tokenizer: Any, cache_dir: Path, source: dict[str, 
     """Write the cache atomically; a failure only costs the next load another dequantisation."""
     try:
         cache_dir.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{cache_dir.name}.partial-", dir=cache_dir.parent))
+        staging = cache_dir.parent / f".{cache_dir.name}.partial-{uuid.uuid4().hex}"
+        staging.mkdir()  # not mkdtemp: the cache keeps the umask's permissions, not 0700
     except OSError as err:
         log.warning("cannot write the LLM cache %s: %s", cache_dir, err)
         return
@@ -448,6 +445,9 @@ def _write_cache(model: Any, tokenizer: Any, cache_dir: Path, source: dict[str, 
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         (staging / CACHE_MARKER).write_text(json.dumps(source))
+        if _cache_matches(cache_dir, source):
+            log.info("LLM cache %s was written by another process meanwhile", cache_dir)
+            return
         if cache_dir.exists():
             log.warning("replacing stale LLM cache %s", cache_dir)
             shutil.rmtree(cache_dir)
