@@ -173,12 +173,65 @@ class ModelConfig:
     seed: int = 0
 
 
+# --------------------------------------------------------------------------- data and training
+@dataclass(frozen=True)
+class DataConfig:
+    """Parquet audio shards and the streaming input pipeline (``freezeempath.data.pipeline``)."""
+
+    train_shards: tuple[str, ...] = ()
+    eval_shards: tuple[str, ...] = ()
+    ravdess_dir: str = "../shared/data/ravdess"
+    max_seconds: float = 30.0
+    bucket_window: int = 64
+    feature_batch: int = 8
+    shuffle_seed: int = 0
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run of one stage (``jobs/train.py``); the DeepSpeed dict is generated from it."""
+
+    stage: Literal["s1", "s2a", "s2b", "s3a", "s3b"] = "s1"
+    epochs: int = 1
+    global_batch: int = 4
+    micro_batch: int = 1
+    grad_accum: int = 2
+    num_workers: int = 2
+    cpus_per_worker: float = 0.5
+    use_gpu: bool = False
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.03
+    grad_clip: float = 1.0
+    zero_stage: Literal[2, 3] = 2
+    offload_param: bool = False
+    offload_optimizer: bool = False
+    precision: Literal["fp32", "bf16"] = "fp32"
+    max_steps: int = 0
+    checkpoint_every: int = 0
+    max_failures: int = 0
+    run_name: str = "run"
+    storage_path: str = "outputs/ray_results"
+    init_from: tuple[str, ...] = ()
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(
+            self.micro_batch * self.grad_accum * self.num_workers == self.global_batch,
+            f"train.global_batch={self.global_batch} must equal micro_batch × grad_accum × num_workers "
+            f"= {self.micro_batch} × {self.grad_accum} × {self.num_workers}",
+        )
+        _check(not self.offload_param or self.zero_stage == 3, "train.offload_param needs train.zero_stage=3")
+
+
 @dataclass(frozen=True)
 class Config:
-    """Top-level config; later issues add ``data``, ``train`` and ``serve`` sections."""
+    """Top-level config: the model, its data and its training run."""
 
     preset: str = "tiny"
     model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
     output_dir: str = "outputs"
 
 
@@ -213,6 +266,11 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
         if value not in typing.get_args(tp):
             raise ConfigError(f"{path}: {value!r} is not one of {list(typing.get_args(tp))}")
         return value
+    if origin is tuple and typing.get_args(tp)[-1:] == (Ellipsis,):
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{path}: expected a list, got {value!r}")
+        item = typing.get_args(tp)[0]
+        return tuple(_coerce(item, v, f"{path}[{i}]") for i, v in enumerate(value))
     if origin is tuple:
         args = typing.get_args(tp)
         if not isinstance(value, list | tuple) or len(value) != len(args):
