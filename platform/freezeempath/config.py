@@ -184,7 +184,15 @@ class DataConfig:
     max_seconds: float = 30.0
     bucket_window: int = 64
     feature_batch: int = 8
+    feature_workers: int = 1
+    feature_cpus: float = 0.5
     shuffle_seed: int = 0
+    shard_rows: int = 256
+    """Rows per Parquet shard written by ``jobs.prepare``."""
+    validation_fraction: float = 0.1
+    """Share of speakers in validation for corpora without an official split (``jobs.prepare``)."""
+    test_fraction: float = 0.1
+    """Share of speakers in test for corpora without an official split (``jobs.prepare``)."""
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,107 @@
+"""Collate pipeline rows into a :class:`~freezeempath.batch.SpeechChatBatch` (runs on the train workers).
+
+In: a columnar batch from :func:`freezeempath.data.pipeline.build_dataset` (cropped mels with lengths and
+floor values, text and unit targets). Out: padded mels of one encoder window, the stage's chat template
+with reply-only labels, slot → clip indices, emotion labels and padded units with lengths.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from freezeempath import prompts
+from freezeempath.batch import SpeechChatBatch
+from freezeempath.data.template import Turn, render
+from freezeempath.labels import Emotion
+from freezeempath.model.fusion import IGNORE_INDEX
+from freezeempath.train.stages import Stage
+
+
+def pad_mels(mels: list[np.ndarray], floors: list[float], window_frames: int) -> torch.Tensor:
+    """Cropped ``(n_mels, K)`` mels → ``(C, n_mels, window_frames)`` padded with each clip's floor value."""
+    n_mels = mels[0].shape[0]
+    out = torch.empty(len(mels), n_mels, window_frames)
+    for i, (mel, floor) in enumerate(zip(mels, floors, strict=True)):
+        out[i] = float(floor)
+        out[i, :, : mel.shape[1]] = torch.as_tensor(np.asarray(mel, dtype=np.float32))
+    return out
+
+
+class Collator:
+    """Builds the stage's prompts and targets; holds the LLM tokenizer (no model weights).
+
+    Per stage: 1 — spoken turn → the frozen LLM's reply; 2a — spoken turn + SER instruction → the label
+    word; 2b — content speech with E from the emotion clip → the pseudo-empathetic reply; 3a — the
+    transcript as text → reply and its units; 3b — spoken turn → reply and its units.
+    """
+
+    def __init__(self, tokenizer: Any, stage: Stage, window_frames: int) -> None:
+        self.tokenizer = tokenizer
+        self.stage = stage
+        self.window_frames = window_frames
+
+    def __call__(self, batch: dict[str, Any]) -> SpeechChatBatch:
+        """Columnar batch → :class:`SpeechChatBatch`."""
+        n = len(batch["mel_len"])
+        paired = "emotion_mel" in batch and self.stage is Stage.S2B
+        mels, lens, floors = list(batch["mel"]), list(batch["mel_len"]), list(batch["mel_floor"])
+        if paired:  # stage 2b: E from a second clip per row, stored after the content clips
+            mels += list(batch["emotion_mel"])
+            lens += list(batch["emotion_mel_len"])
+            floors += list(batch["emotion_mel_floor"])
+        ids, labels = [], []
+        for i in range(n):
+            p = render(self.tokenizer, [self._turn(batch, i)], reply=self._reply(batch, i))
+            ids.append(torch.tensor(p.input_ids))
+            labels.append(torch.tensor(p.labels))
+        spoken = self.stage is not Stage.S3A
+        clips = torch.arange(n) if spoken else torch.zeros(0, dtype=torch.long)
+        emotion_labels = torch.tensor([_label(batch, i) for i in range(n)] + ([IGNORE_INDEX] * n if paired else []))
+        units, unit_lens = self._units(batch) if self.stage.speech_stage else (None, None)
+        return SpeechChatBatch(
+            mel=pad_mels(mels, floors, self.window_frames),
+            mel_lens=torch.tensor([int(x) for x in lens]),
+            input_ids=ids,
+            labels=labels,
+            speech_clips=clips,
+            emotion_clips=clips + n if paired else clips,
+            emotion_labels=emotion_labels,
+            units=units,
+            unit_lens=unit_lens,
+        )
+
+    def _turn(self, batch: dict[str, Any], i: int) -> Turn:
+        if self.stage is Stage.S3A:
+            return Turn("user", _text(batch, "transcript", i) or "Say this.")
+        return Turn("user", prompts.SER_INSTRUCTION if self.stage is Stage.S2A else "", spoken=True)
+
+    def _reply(self, batch: dict[str, Any], i: int) -> str:
+        if self.stage is Stage.S2A:
+            return Emotion.parse(_text(batch, "emotion", i)).value
+        reply = _text(batch, "reply", i)
+        if not reply:
+            raise ValueError(f"row {_text(batch, 'id', i)!r} has no reply for stage {self.stage.value}")
+        return reply
+
+    def _units(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        seqs = [torch.as_tensor(np.asarray(u, dtype=np.int64)) for u in batch["reply_units"]]
+        lens = torch.tensor([s.numel() for s in seqs])
+        out = torch.zeros(len(seqs), int(lens.max()), dtype=torch.long)
+        for i, s in enumerate(seqs):
+            out[i, : s.numel()] = s
+        return out, lens
+
+
+def _text(batch: dict[str, Any], key: str, i: int) -> str:
+    if key not in batch or batch[key][i] is None:
+        return ""
+    value = batch[key][i]
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _label(batch: dict[str, Any], i: int) -> int:
+    word = _text(batch, "emotion", i)
+    return Emotion.parse(word).index if word else IGNORE_INDEX

@@ -1,0 +1,174 @@
+"""Streaming input pipeline: Parquet shards → decode → resample → log-mel → length buckets (Ray Data).
+
+In: shard paths (``freezeempath.data.shards`` schema) and the config. Out: a ``ray.data.Dataset`` whose
+rows carry the cropped log-mel of each clip (``mel (n_mels, K)``, ``mel_len``, ``mel_floor``) and the
+text/unit targets; :mod:`freezeempath.data.collate` turns rows into ``SpeechChatBatch`` on the workers.
+Corrupt, undecodable, empty, too long or wrong-rate rows are dropped and counted by reason in a
+:class:`SkipCounter` actor, never crashing the run; a missing column fails fast, naming it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from typing import Any
+
+import numpy as np
+
+from freezeempath.config import Config
+from freezeempath.train.stages import Stage
+
+log = logging.getLogger(__name__)
+
+BASE_COLUMNS = ("id", "audio", "sample_rate")
+STAGE_COLUMNS: dict[Stage, tuple[str, ...]] = {
+    Stage.S1: ("reply",),
+    Stage.S2A: ("emotion",),
+    Stage.S2B: ("reply",),
+    Stage.S3A: ("reply", "reply_units"),
+    Stage.S3B: ("reply", "reply_units"),
+}
+OPTIONAL_COLUMNS = ("emotion", "transcript", "emotion_audio", "reply_hidden", "reply_hidden_shape")
+PASS_THROUGH = ("id", "emotion", "transcript", "reply", "reply_units", "reply_hidden", "reply_hidden_shape")
+BOUNDARY_FRAMES = 3  # STFT frames just past the clip still see its last samples
+
+
+def required_columns(stage: Stage) -> tuple[str, ...]:
+    """Columns a shard must have for ``stage``."""
+    return BASE_COLUMNS + STAGE_COLUMNS[stage]
+
+
+def check_shard_columns(paths: list[str], stage: Stage) -> list[str]:
+    """Fail fast when a shard lacks a needed column; returns the columns to read."""
+    import pyarrow.parquet as pq
+
+    if not paths:
+        raise ValueError("no training shards given (data.train_shards is empty)")
+    names = set(pq.read_schema(paths[0]).names)
+    missing = [c for c in required_columns(stage) if c not in names]
+    if missing:
+        raise ValueError(f"shard {paths[0]} lacks column(s) {missing} needed by stage {stage.value}")
+    return [c for c in dict.fromkeys((*required_columns(stage), *OPTIONAL_COLUMNS)) if c in names]
+
+
+class SkipCounter:
+    """Ray actor counting skipped rows by reason (one per run, looked up by name from the UDFs)."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+
+    def add(self, reasons: dict[str, int]) -> None:
+        """Add counts."""
+        self.counts.update(reasons)
+
+    def get(self) -> dict[str, int]:
+        """Counts so far."""
+        return dict(self.counts)
+
+
+def skip_counter(name: str) -> Any:
+    """Create (or find) the named :class:`SkipCounter` actor."""
+    import ray
+
+    return ray.remote(num_cpus=0)(SkipCounter).options(name=name, get_if_exists=True).remote()
+
+
+class AudioFeatures:
+    """Ray Data UDF: decode, validate, resample and log-mel each row; drops bad rows with a reason."""
+
+    def __init__(self, n_mels: int, window_frames: int, max_seconds: float, counter_name: str = "") -> None:
+        import torch
+
+        from freezeempath.data.audio import WhisperLogMel
+
+        torch.set_num_threads(1)
+        self.frontend = WhisperLogMel(n_mels, window_frames)
+        self.max_seconds = min(max_seconds, window_frames / 100)
+        self.counter_name = counter_name
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        """Columnar batch in → the rows that survived, with features."""
+        keep, clips, reasons = [], [], Counter()
+        for i in range(len(batch["audio"])):
+            try:
+                clips.append(self._clip(batch["audio"][i], batch["sample_rate"][i]))
+                keep.append(i)
+            except ValueError as err:
+                reasons[_reason(str(err))] += 1
+        if reasons:
+            self._count(reasons)
+        out: dict[str, Any] = {k: [batch[k][i] for i in keep] for k in PASS_THROUGH if k in batch}
+        out.update(self._features(clips, "mel"))
+        if "emotion_audio" in batch:
+            out.update(self._features([self._clip(batch["emotion_audio"][i], 16_000) for i in keep], "emotion_mel"))
+        return out
+
+    def _clip(self, data: Any, declared_rate: Any) -> Any:
+        from freezeempath.data.audio import decode_audio, validate_waveform
+
+        samples, rate = decode_audio(bytes(data) if data is not None else b"")
+        if int(declared_rate) != rate:
+            raise ValueError(f"wrong sample rate: row says {int(declared_rate)} Hz, audio is {rate} Hz")
+        return validate_waveform(samples, rate, self.max_seconds)
+
+    def _features(self, clips: list[Any], prefix: str) -> dict[str, list[Any]]:
+        if not clips:
+            return {prefix: [], f"{prefix}_len": [], f"{prefix}_floor": []}
+        feats = self.frontend(clips)
+        mels, lens, floors = [], [], []
+        for mel, n in zip(feats.mel, feats.lens.tolist(), strict=True):
+            keep = min(mel.shape[1], n + BOUNDARY_FRAMES)
+            mels.append(mel[:, :keep].numpy())
+            lens.append(n)
+            floors.append(float(mel[:, -1].min()))  # the padded window's value: re-padding is exact
+        return {prefix: mels, f"{prefix}_len": lens, f"{prefix}_floor": floors}
+
+    def _count(self, reasons: Counter[str]) -> None:
+        log.warning("skipped rows: %s", dict(reasons))
+        if self.counter_name:
+            import ray
+
+            try:
+                ray.get_actor(self.counter_name).add.remote(dict(reasons))
+            except ValueError:
+                log.warning("skip counter %s not found", self.counter_name)
+
+
+_REASONS = (
+    ("empty", "empty"),
+    ("could not be decoded", "undecodable"),
+    ("NaN", "non_finite"),
+    ("wrong sample rate", "wrong_rate"),
+    ("outside the accepted range", "bad_rate"),
+    ("long", "too_long"),
+)
+
+
+def _reason(message: str) -> str:
+    """Short key of a skip reason for the metric."""
+    return next((key for text, key in _REASONS if text in message), "invalid")
+
+
+def sort_by_length(batch: dict[str, Any]) -> dict[str, Any]:
+    """Length bucketing: order rows of a window by valid frames so micro-batches pad little."""
+    order = np.argsort(np.asarray(batch["mel_len"]), kind="stable")
+    return {k: [v[i] for i in order] if isinstance(v, list) else v[order] for k, v in batch.items()}
+
+
+def build_dataset(cfg: Config, paths: list[str], stage: Stage, counter_name: str = "") -> Any:
+    """The streaming dataset for ``stage``: read → features (actor pool) → length buckets."""
+    import ray
+
+    columns = check_shard_columns(paths, stage)
+    enc = cfg.model.encoder
+    ds = ray.data.read_parquet(list(paths), columns=columns, shuffle="files" if cfg.data.shuffle_seed >= 0 else None)
+    ds = ds.map_batches(
+        AudioFeatures,
+        fn_constructor_args=(enc.n_mels, enc.window_frames, min(cfg.data.max_seconds, enc.max_input_seconds),
+                             counter_name),
+        batch_size=cfg.data.feature_batch,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=cfg.data.feature_workers),
+        num_cpus=cfg.data.feature_cpus,
+    )
+    return ds.map_batches(sort_by_length, batch_size=cfg.data.bucket_window, batch_format="numpy")

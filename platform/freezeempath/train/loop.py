@@ -1,0 +1,210 @@
+"""Per-worker training loop (Ray Train V2 + DeepSpeed ZeRO), one stage, the LLM and encoder frozen.
+
+In: the config as a plain dict (typed again here). Out: DeepSpeed resume checkpoints and per-step
+metrics reported through ``ray.train.report`` on every rank, and at the end the exported artefact
+(trained weights only + ``config.yaml``) written by rank 0. A restarted worker group resumes from the
+last reported checkpoint and skips the micro-batches of the epoch it had already consumed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from freezeempath.config import Config, from_dict
+from freezeempath.train.stages import Stage
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Progress:
+    """Where the run is; saved in every checkpoint's client state."""
+
+    epoch: int = 0
+    step: int = 0  # optimizer steps done
+    micro: int = 0  # micro-batches consumed in the current epoch
+
+
+def skip_deepspeed_shm_build() -> None:
+    """gloo needs no shared-memory allreduce op; skip its 40 s JIT build on the CPU accelerator."""
+    import deepspeed  # noqa: F401  (registers deepspeed.comm.torch)
+
+    sys.modules["deepspeed.comm.torch"].build_shm_op = lambda: None
+
+
+def build_engine(cfg: Config, total_steps: int) -> tuple[Any, Any, Stage]:
+    """Model → stage's trainable set → DeepSpeed engine; also loads earlier stages' artefacts."""
+    import deepspeed
+
+    from freezeempath.model.build import build_model
+    from freezeempath.model.checkpoint import load_trained
+    from freezeempath.train.ds_config import deepspeed_config
+    from freezeempath.train.optimizers import make_optimizer, make_scheduler
+    from freezeempath.train.stages import apply_stage
+
+    stage = Stage(cfg.train.stage)
+    model = build_model(cfg.model)
+    for directory in cfg.train.init_from:
+        load_trained(model, directory)
+    params = apply_stage(model, stage)
+    world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+    engine, _, _, _ = deepspeed.initialize(
+        model=model,
+        model_parameters=params,
+        optimizer=make_optimizer(params, cfg.train),
+        lr_scheduler=lambda opt: make_scheduler(opt, total_steps, cfg.train.warmup_ratio),
+        config=deepspeed_config(cfg.train, world),
+    )
+    return engine, model, stage
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Ray Train entry: runs ``cfg.train.epochs`` epochs (or ``max_steps``) of one stage."""
+    import ray.train
+
+    from freezeempath.data.collate import Collator
+    from freezeempath.train.losses import total_loss
+    from freezeempath.train.metrics import StepMeter
+    from freezeempath.train.stages import loss_weights
+
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    skip_deepspeed_shm_build()
+    cfg = from_dict(Config, config["cfg"])
+    torch.manual_seed(cfg.train.seed)
+    engine, model, stage = build_engine(cfg, config["total_steps"])
+    frozen_before = frozen_digest(model, cfg)
+    progress = resume(engine)
+    weights = loss_weights(stage, cfg.model.emotion.aux_weight)
+    collate = Collator(model.llm.tokenizer, stage, cfg.model.encoder.window_frames)
+    shard = ray.train.get_dataset_shard("train")
+    meter = StepMeter(stage)
+    while progress.epoch < cfg.train.epochs and not done(progress, cfg):
+        batches = shard.iter_torch_batches(batch_size=cfg.train.micro_batch, collate_fn=collate, drop_last=True)
+        for index, batch in enumerate(_timed(batches, meter)):
+            if index < progress.micro:  # consumed before a restart: neither repeat nor lose it
+                continue
+            model.train()
+            out = engine(batch, stage)
+            loss = total_loss(out, weights)
+            engine.backward(loss.total)
+            engine.step()
+            progress.micro += 1
+            meter.micro_step(loss, out, batch)
+            if engine.is_gradient_accumulation_boundary():
+                progress.step += 1
+                metrics = meter.finish_step(progress, engine.get_lr()[0])
+                log_metrics(cfg, metrics)
+                if _should_checkpoint(progress, cfg):
+                    save_and_report(engine, progress, metrics)
+                else:
+                    ray.train.report(metrics)
+                if done(progress, cfg):
+                    break
+        if not done(progress, cfg):
+            progress = Progress(epoch=progress.epoch + 1, step=progress.step)
+            save_and_report(engine, progress, meter.epoch_metrics(progress))
+    export(engine, model, stage, cfg, {"before": frozen_before, "after": frozen_digest(model, cfg)})
+
+
+def frozen_digest(model: Any, cfg: Config) -> str:
+    """sha256 over the encoder's and LLM's weights (gathered under ZeRO-3): proof that they never moved."""
+    import hashlib
+
+    import deepspeed
+
+    digest = hashlib.sha256()
+    for part in ("encoder", "llm"):
+        module = getattr(model, part)
+        params = list(module.parameters())
+        with deepspeed.zero.GatheredParameters(params, modifier_rank=None, enabled=cfg.train.zero_stage == 3):
+            for name, tensor in sorted(module.state_dict().items()):
+                digest.update(name.encode())
+                digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def log_metrics(cfg: Config, metrics: dict[str, float]) -> None:
+    """Rank 0 appends the step's metrics to ``output_dir/metrics.jsonl`` (the job turns it into CSV + PNG)."""
+    import json
+
+    import ray.train
+
+    if ray.train.get_context().get_world_rank() == 0:
+        path = Path(cfg.output_dir) / "metrics.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a") as f:
+            f.write(json.dumps(metrics) + "\n")
+
+
+def done(progress: Progress, cfg: Config) -> bool:
+    """``max_steps`` reached (0 means no cap)."""
+    return bool(cfg.train.max_steps) and progress.step >= cfg.train.max_steps
+
+
+def _should_checkpoint(progress: Progress, cfg: Config) -> bool:
+    every = cfg.train.checkpoint_every
+    return bool(every) and progress.step % every == 0 or done(progress, cfg)
+
+
+def _timed(batches: Any, meter: Any) -> Any:
+    """Yield batches, recording how long each wait for data took."""
+    it = iter(batches)
+    while True:
+        start = time.perf_counter()
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        meter.data_wait(time.perf_counter() - start)
+        yield batch
+
+
+def save_and_report(engine: Any, progress: Progress, metrics: dict[str, float]) -> None:
+    """Every rank saves its DeepSpeed shard (trainable state only) and reports it to Ray Train."""
+    import ray.train
+
+    with tempfile.TemporaryDirectory() as tmp:
+        engine.save_checkpoint(tmp, tag="latest", client_state=vars(progress), exclude_frozen_parameters=True)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+
+def resume(engine: Any) -> Progress:
+    """Load the latest reported checkpoint, if any; frozen weights come from their base source."""
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return Progress()
+    with checkpoint.as_directory() as directory:
+        _, client = engine.load_checkpoint(directory, tag="latest", load_module_strict=False)
+    log.info("resumed at %s", client)
+    return Progress(epoch=client["epoch"], step=client["step"], micro=client["micro"])
+
+
+def export(engine: Any, model: Any, stage: Stage, cfg: Config, frozen: dict[str, str]) -> None:
+    """Rank 0 writes the trained weights of this stage + ``config.yaml`` (gathered under ZeRO-3),
+    and ``frozen_check.json`` with the frozen parts' digests before and after training."""
+    import json
+
+    import deepspeed
+    import ray.train
+
+    from freezeempath.model.checkpoint import export_trained
+
+    params = [p for name in stage.trainable for p in getattr(model, name).parameters()]
+    with deepspeed.zero.GatheredParameters(params, modifier_rank=None, enabled=cfg.train.zero_stage == 3):
+        if ray.train.get_context().get_world_rank() == 0:
+            out = Path(cfg.output_dir) / "artefact"
+            export_trained(model, stage.trainable, out, cfg)
+            frozen["unchanged"] = frozen["before"] == frozen["after"]
+            (Path(cfg.output_dir) / "frozen_check.json").write_text(json.dumps(frozen, indent=2))
+            log.info("exported %s; frozen weights unchanged: %s", out, frozen["unchanged"])
