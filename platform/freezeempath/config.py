@@ -182,10 +182,10 @@ class DataConfig:
     eval_shards: tuple[str, ...] = ()
     ravdess_dir: str = "../shared/data/ravdess"
     max_seconds: float = 30.0
-    bucket_window: int = 64
-    feature_batch: int = 8
+    feature_batch: int = 16  # rows per feature call; also the length-bucketing window
     feature_workers: int = 1
     feature_cpus: float = 0.5
+    read_cpus: float = 0.25
     shuffle_seed: int = 0
     shard_rows: int = 256
     """Rows per Parquet shard written by ``jobs.prepare``."""

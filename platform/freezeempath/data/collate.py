@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from ray.data.collate_fn import NumpyBatchCollateFn
 
 from freezeempath import prompts
 from freezeempath.batch import SpeechChatBatch
@@ -26,11 +27,11 @@ def pad_mels(mels: list[np.ndarray], floors: list[float], window_frames: int) ->
     out = torch.empty(len(mels), n_mels, window_frames)
     for i, (mel, floor) in enumerate(zip(mels, floors, strict=True)):
         out[i] = float(floor)
-        out[i, :, : mel.shape[1]] = torch.as_tensor(np.asarray(mel, dtype=np.float32))
+        out[i, :, : mel.shape[1]] = torch.from_numpy(np.array(mel, dtype=np.float32))  # a writable copy
     return out
 
 
-class Collator:
+class Collator(NumpyBatchCollateFn):
     """Builds the stage's prompts and targets; holds the LLM tokenizer (no model weights).
 
     Per stage: 1 — spoken turn → the frozen LLM's reply; 2a — spoken turn + SER instruction → the label

@@ -101,7 +101,7 @@ class AudioFeatures:
         out.update(self._features(clips, "mel"))
         if "emotion_audio" in batch:
             out.update(self._features([self._clip(batch["emotion_audio"][i], 16_000) for i in keep], "emotion_mel"))
-        return out
+        return sort_by_length(out)
 
     def _clip(self, data: Any, declared_rate: Any) -> Any:
         from freezeempath.data.audio import decode_audio, validate_waveform
@@ -150,19 +150,29 @@ def _reason(message: str) -> str:
 
 
 def sort_by_length(batch: dict[str, Any]) -> dict[str, Any]:
-    """Length bucketing: order rows of a window by valid frames so micro-batches pad little."""
-    order = np.argsort(np.asarray(batch["mel_len"]), kind="stable")
-    return {k: [v[i] for i in order] if isinstance(v, list) else v[order] for k, v in batch.items()}
+    """Length bucketing: order the rows of one feature batch by valid frames so micro-batches pad little."""
+    order = np.argsort(np.asarray(batch["mel_len"], dtype=np.int64), kind="stable")
+    return {k: [v[i] for i in order] for k, v in batch.items()}
 
 
 def build_dataset(cfg: Config, paths: list[str], stage: Stage, counter_name: str = "") -> Any:
-    """The streaming dataset for ``stage``: read → features (actor pool) → length buckets."""
+    """The streaming dataset for ``stage``: read → features + length buckets (actor pool).
+
+    CPU fractions stay small: Ray Train reserves its workers' CPUs, and Ray Data must fit in the rest
+    (on 2 cores with 2 × 0.5-CPU workers, read 0.25 + features 0.5 leave room for both).
+    """
     import ray
 
     columns = check_shard_columns(paths, stage)
     enc = cfg.model.encoder
-    ds = ray.data.read_parquet(list(paths), columns=columns, shuffle="files" if cfg.data.shuffle_seed >= 0 else None)
-    ds = ds.map_batches(
+    shuffle = ray.data.FileShuffleConfig(seed=cfg.data.shuffle_seed) if cfg.data.shuffle_seed >= 0 else None
+    context = ray.data.DataContext.get_current()
+    v2, context.use_datasource_v2 = context.use_datasource_v2, False
+    try:  # the V2 reader's file-listing task always asks for a whole CPU and starves next to Train workers
+        ds = ray.data.read_parquet(list(paths), columns=columns, shuffle=shuffle, num_cpus=cfg.data.read_cpus)
+    finally:
+        context.use_datasource_v2 = v2
+    return ds.map_batches(
         AudioFeatures,
         fn_constructor_args=(enc.n_mels, enc.window_frames, min(cfg.data.max_seconds, enc.max_input_seconds),
                              counter_name),
@@ -171,4 +181,3 @@ def build_dataset(cfg: Config, paths: list[str], stage: Stage, counter_name: str
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=cfg.data.feature_workers),
         num_cpus=cfg.data.feature_cpus,
     )
-    return ds.map_batches(sort_by_length, batch_size=cfg.data.bucket_window, batch_format="numpy")

@@ -23,6 +23,7 @@ from freezeempath.config import Config, from_dict
 from freezeempath.train.stages import Stage
 
 log = logging.getLogger(__name__)
+CHECKPOINT_TAG = "state"  # DeepSpeed also writes a file named "latest" beside the tag folder
 
 
 @dataclass
@@ -173,7 +174,7 @@ def save_and_report(engine: Any, progress: Progress, metrics: dict[str, float]) 
     import ray.train
 
     with tempfile.TemporaryDirectory() as tmp:
-        engine.save_checkpoint(tmp, tag="latest", client_state=vars(progress), exclude_frozen_parameters=True)
+        engine.save_checkpoint(tmp, tag=CHECKPOINT_TAG, client_state=vars(progress), exclude_frozen_parameters=True)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
@@ -185,7 +186,7 @@ def resume(engine: Any) -> Progress:
     if checkpoint is None:
         return Progress()
     with checkpoint.as_directory() as directory:
-        _, client = engine.load_checkpoint(directory, tag="latest", load_module_strict=False)
+        _, client = engine.load_checkpoint(directory, tag=CHECKPOINT_TAG, load_module_strict=False)
     log.info("resumed at %s", client)
     return Progress(epoch=client["epoch"], step=client["step"], micro=client["micro"])
 
