@@ -196,6 +196,41 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
+class TargetsConfig:
+    """Target generation jobs (``jobs.make_targets``, ``jobs.fit_codec``; ``freezeempath.data.targets``).
+
+    Reply length and nucleus mass come from ``model.generation`` (``max_new_tokens``, ``top_p``).
+    """
+
+    temperature: float = 0.0
+    """LLM temperature for target replies: 0 is greedy; otherwise sampling seeded per row (``seed`` + id)."""
+    seed: int = 0
+    """Seeds pseudo labels, SER pairing and reply sampling."""
+    batch_rows: int = 8
+    """Replies generated together in one batched LLM call."""
+    pairs_per_ser_clip: int = 4
+    """K of stage 2b: instruction rows paired with each SER clip of the same split and label."""
+    actors: int = 1
+    """Actor pool size; each actor loads its LLM, synthesizer or codec once."""
+    actor_cpus: float = 1.0
+    """CPUs reserved per actor (also its torch thread count, at least 1)."""
+    voice: str = "s0"
+    """espeak-ng pseudo-speaker of the reply speech (``data.sample_corpus.SPEAKERS``)."""
+    codec_fit_clips: int = 256
+    """Clips (a seeded sample of the shards' rows) the codec is fitted on; 0 = all."""
+    codec_kmeans_iters: int = 20
+    codec_decoder_steps: int = 300
+    heldout_clips: int = 48
+    """Held-out real clips (RAVDESS test actors, seeded sample) for the codec's WER check; 0 = all."""
+
+    def __post_init__(self) -> None:
+        _check(self.temperature >= 0, "targets.temperature must be >= 0")
+        _check(self.batch_rows >= 1, "targets.batch_rows must be >= 1")
+        _check(self.pairs_per_ser_clip >= 1, "targets.pairs_per_ser_clip must be >= 1")
+        _check(self.actors >= 1 and self.actor_cpus > 0, "targets.actors must be >= 1 and actor_cpus > 0")
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """One training run of one stage (``jobs/train.py``); the DeepSpeed dict is generated from it."""
 
@@ -222,6 +257,8 @@ class TrainConfig:
     storage_path: str = "outputs/ray_results"
     init_from: tuple[str, ...] = ()
     seed: int = 0
+    crash_after_step: int = 0  # fault drill: rank 0 of a fresh run dies after this checkpointed step
+
 
     def __post_init__(self) -> None:
         _check(
@@ -240,6 +277,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    targets: TargetsConfig = field(default_factory=TargetsConfig)
     output_dir: str = "outputs"
 
 

@@ -84,6 +84,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     engine, model, stage = build_engine(cfg, config["total_steps"])
     frozen_before = frozen_digest(model, cfg)
     progress = resume(engine)
+    fresh = progress == Progress()
+    if not fresh:
+        truncate_metrics(cfg, progress)
     weights = loss_weights(stage, cfg.model.emotion.aux_weight)
     collate = Collator(model.llm.tokenizer, stage, cfg.model.encoder.window_frames)
     shard = ray.train.get_dataset_shard("train")
@@ -108,6 +111,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                     save_and_report(engine, progress, metrics)
                 else:
                     ray.train.report(metrics)
+                if fresh and progress.step == cfg.train.crash_after_step:
+                    _crash_rank_zero()
                 if done(progress, cfg):
                     break
         if not done(progress, cfg):
@@ -131,6 +136,31 @@ def frozen_digest(model: Any, cfg: Config) -> str:
                 digest.update(name.encode())
                 digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()
+
+
+def _crash_rank_zero() -> None:
+    """Fault drill: kill rank 0 hard, as a lost node would; Ray Train restarts the group from the checkpoint."""
+    import ray.train
+
+    if ray.train.get_context().get_world_rank() == 0:
+        log.warning("fault drill: rank 0 exits now")
+        os._exit(1)
+
+
+def truncate_metrics(cfg: Config, progress: Progress) -> None:
+    """After a restart, drop logged steps past the resumed checkpoint (they are redone) and note the resume."""
+    import json
+
+    import ray.train
+
+    if ray.train.get_context().get_world_rank() != 0:
+        return
+    out = Path(cfg.output_dir)
+    path = out / "metrics.jsonl"
+    rows = [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows if r["step"] <= progress.step))
+    with (out / "events.jsonl").open("a") as f:
+        f.write(json.dumps({"event": "resumed", **vars(progress)}) + "\n")
 
 
 def log_metrics(cfg: Config, metrics: dict[str, float]) -> None:
