@@ -75,3 +75,24 @@ def test_every_shipped_yaml_loads():
     assert files, "jobs/configs has no YAML"
     for f in files:
         load_config(f)
+
+
+PAPER_STAGES = {
+    "stage1_semantic": ("s1", 1, 128, 1e-3),
+    "stage2a_ser": ("s2a", 3, 128, 2e-4),
+    "stage2b_empathy": ("s2b", 1, 128, 5e-6),
+    "stage3a_decoder_pretrain": ("s3a", 5, 32, 5e-4),
+    "stage3b_decoder_joint": ("s3b", 1, 32, 1e-5),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PAPER_STAGES))
+def test_paper_stage_configs_carry_the_published_settings(name):
+    cfg = load_config(ROOT / "jobs" / "configs" / "train" / "paper" / f"{name}.yaml")
+    stage, epochs, batch, lr = PAPER_STAGES[name]
+    t = cfg.train
+    assert (t.stage, t.epochs, t.global_batch, t.lr, t.warmup_ratio) == (stage, epochs, batch, lr, 0.03)
+    assert t.micro_batch * t.grad_accum * t.num_workers == batch
+    assert t.zero_stage == 3 and t.offload_param and t.precision == "bf16"
+    if stage == "s2a":
+        assert cfg.model.emotion.aux_weight == 0.8

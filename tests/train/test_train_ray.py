@@ -70,9 +70,16 @@ def test_stage_trains_with_frozen_parts_unchanged(ray_local, tmp_path, shards, s
 
 def test_killed_worker_resumes_without_repeating_or_losing_steps(ray_local, tmp_path, shards):
     cfg = tiny_train_cfg(
-        tmp_path, shards, "s1", 2,
-        "train.max_steps=4", "train.checkpoint_every=1", "train.crash_after_step=2", "train.max_failures=1",
-        "train.global_batch=2", "train.grad_accum=1",
+        tmp_path,
+        shards,
+        "s1",
+        2,
+        "train.max_steps=4",
+        "train.checkpoint_every=1",
+        "train.crash_after_step=2",
+        "train.max_failures=1",
+        "train.global_batch=2",
+        "train.grad_accum=1",
     )
     summary = run_training(cfg)
     steps = [r["step"] for r in read_steps(tmp_path / "out")]

@@ -174,8 +174,12 @@ def build_dataset(cfg: Config, paths: list[str], stage: Stage, counter_name: str
         context.use_datasource_v2 = v2
     return ds.map_batches(
         AudioFeatures,
-        fn_constructor_args=(enc.n_mels, enc.window_frames, min(cfg.data.max_seconds, enc.max_input_seconds),
-                             counter_name),
+        fn_constructor_args=(
+            enc.n_mels,
+            enc.window_frames,
+            min(cfg.data.max_seconds, enc.max_input_seconds),
+            counter_name,
+        ),
         batch_size=cfg.data.feature_batch,
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=cfg.data.feature_workers),

