@@ -29,7 +29,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict:
     """Run the stage; prints and returns the summary."""
     import ray
-
     from freezeempath.train.run import run_training
 
     logging.basicConfig(level=logging.INFO)

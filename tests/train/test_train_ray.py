@@ -6,13 +6,12 @@ from __future__ import annotations
 import json
 
 import pytest
-from helpers import write_tiny_shards
-
 from freezeempath.config import load_config
 from freezeempath.model.build import build_model
 from freezeempath.model.checkpoint import load_trained
 from freezeempath.train.run import run_training
 from freezeempath.train.stages import Stage
+from helpers import write_tiny_shards
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 

@@ -23,11 +23,17 @@ column                        type                 meaning
 ``reply_units``               list<int32>, null.   target speech units of the reply
 ``reply_hidden``              binary, nullable     raw little-endian float16 or float32 LLM hidden states
 ``reply_hidden_shape``        list<int32>, null.   shape of ``reply_hidden``, e.g. ``[tokens, width]``
+``emotion_audio``             binary, nullable     optional: FLAC bytes of a second clip that carries ``emotion``
+                                                   (stage 2b: an SER clip paired with the instruction ``audio``)
+``reply_audio``               binary, nullable     optional: FLAC bytes of the reply's speech (stage 3 targets)
 ============================  ===================  ==========================================================
 
 The first eleven are ``REQUIRED_COLUMNS``; the four target columns are optional and null until a
-target job fills them, so one schema serves every stage. Each shard also carries its preparation
-statistics as Parquet key-value metadata (``STATS_KEY``), which lets a resumed job report totals.
+target job fills them, so one schema serves every stage. The ``OPTIONAL_COLUMNS`` (``emotion_audio``,
+``reply_audio``) are appended after ``SCHEMA`` only in shards whose rows carry them (target jobs of
+``freezeempath.data.targets``); readers check ``schema.names`` before reading them. Each shard also
+carries its preparation statistics as Parquet key-value metadata (``STATS_KEY``), which lets a resumed
+job report totals.
 """
 
 from __future__ import annotations
@@ -88,6 +94,9 @@ REQUIRED_COLUMNS: tuple[str, ...] = (
     "split",
 )
 TARGET_COLUMNS: tuple[str, ...] = ("reply", "reply_units", "reply_hidden", "reply_hidden_shape")
+OPTIONAL_FIELDS: tuple[pa.Field, ...] = (pa.field("emotion_audio", pa.binary()), pa.field("reply_audio", pa.binary()))
+OPTIONAL_COLUMNS: tuple[str, ...] = tuple(f.name for f in OPTIONAL_FIELDS)
+"""Nullable columns written only when present: a shard has them after ``SCHEMA``, in this order."""
 STATS_KEY = b"freezeempath.shard_stats"
 """Parquet key-value metadata key holding a shard's JSON statistics (rows, skipped rows by reason)."""
 
@@ -134,23 +143,34 @@ def check_columns(schema_or_table: pa.Schema | pa.Table, needed: Iterable[str] =
         raise ValueError(f"shard is missing column(s) {', '.join(missing)}; it has {', '.join(schema.names)}")
 
 
+def shard_schema(names: Iterable[str] = ()) -> pa.Schema:
+    """``SCHEMA`` plus those ``OPTIONAL_FIELDS`` whose names are in ``names``."""
+    present = set(names)
+    return pa.schema([*SCHEMA, *(f for f in OPTIONAL_FIELDS if f.name in present)])
+
+
 def rows_to_table(rows: Iterable[Mapping[str, Any]] | pa.Table) -> pa.Table:
     """Rows (dicts; absent target columns become null) → a table in ``SCHEMA`` order, validated.
+
+    An optional column (``OPTIONAL_COLUMNS``) is kept, after ``SCHEMA``, when the table has it or any row
+    has its key; other extra keys are dropped.
 
     Raises:
         ValueError: a required column is absent, or a non-nullable column holds nulls.
     """
     if isinstance(rows, pa.Table):
         check_columns(rows, REQUIRED_COLUMNS)
-        extra = {name: pa.nulls(rows.num_rows, SCHEMA.field(name).type) for name in TARGET_COLUMNS}
-        columns = [rows.column(n) if n in rows.column_names else extra[n] for n in SCHEMA.names]
-        table = pa.Table.from_arrays(columns, schema=SCHEMA)
+        schema = shard_schema(rows.column_names)
+        columns = [
+            rows.column(f.name) if f.name in rows.column_names else pa.nulls(rows.num_rows, f.type) for f in schema
+        ]
+        table = pa.Table.from_arrays(columns, schema=schema)
     else:
         rows = list(rows)
         absent = sorted({n for n in REQUIRED_COLUMNS for row in rows if n not in row})
         if absent:
             raise ValueError(f"shard rows are missing column(s) {', '.join(absent)}")
-        table = pa.Table.from_pylist(rows, schema=SCHEMA)
+        table = pa.Table.from_pylist(rows, schema=shard_schema(k for row in rows for k in row))
     for field in SCHEMA:
         if not field.nullable and table.column(field.name).null_count:
             raise ValueError(f"column {field.name} must not hold nulls")

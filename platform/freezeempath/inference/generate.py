@@ -3,7 +3,8 @@
 In: a batch of dialogues (:class:`~freezeempath.inference.dialogue.Message` lists). Out: an iterator of
 events per stream — :class:`EmotionEvent` first, then :class:`TextDelta` per token, and after every R
 tokens a :class:`UnitChunk` of at most W units followed by its :class:`AudioChunk`, then :class:`Done`.
-The LLM decodes the batch together with a KV cache; each stream has its own decoder KV cache.
+The LLM decodes the batch together with one KV cache; the speech decoder runs the batch in lockstep rounds
+with one cache row per stream; every stream samples with its own seeded generator.
 """
 
 from __future__ import annotations
@@ -13,12 +14,14 @@ from dataclasses import dataclass
 
 import torch
 
-from freezeempath.batch import SpeechChatBatch
 from freezeempath.config import GenerationConfig, ModelConfig
-from freezeempath.data.template import render
 from freezeempath.inference.dialogue import EmotionResult, FinishReason, Message, Reply, prepare_dialogue
+from freezeempath.inference.llm_session import GenerationRequest, LLMSession
+from freezeempath.inference.parts import SpeechUnderstander
+from freezeempath.inference.speech_session import SpeechChunk, SpeechSession
+from freezeempath.inference.understanding import generation_request, understand_clips
+from freezeempath.inference.vocode import VocodeRequest, VocoderState, vocode_batch
 from freezeempath.model.codec import SpeechCodec
-from freezeempath.model.speech_decoder import UnitStream
 from freezeempath.model.spoken_chat import FreezeEmpathModel
 
 
@@ -67,21 +70,15 @@ class Done:
 Event = EmotionEvent | TextDelta | UnitChunk | AudioChunk | Done
 
 
-class _Stream:
-    """Per-stream bookkeeping: tokens, pending decoder reads, text decoding, codec state."""
-
-    def __init__(self, index: int, units: UnitStream, codec: SpeechCodec) -> None:
-        self.index = index
-        self.units = units
-        self.audio = codec.stream()
-        self.tokens: list[int] = []
-        self.pending_hidden: list[torch.Tensor] = []
-        self.text = ""
-        self.done = False
-
-
 class Responder:
-    """Runs the model and codec for a batch of dialogues, streaming events."""
+    """Runs the model and codec for a batch of dialogues, streaming events.
+
+    The in-process pipeline, the same pieces the Serve deployments run:
+    :func:`~freezeempath.inference.understanding.understand_clips` →
+    :class:`~freezeempath.inference.llm_session.LLMSession` →
+    :class:`~freezeempath.inference.speech_session.SpeechSession` →
+    :func:`~freezeempath.inference.vocode.vocode_batch`.
+    """
 
     def __init__(
         self,
@@ -92,6 +89,8 @@ class Responder:
         max_units: int,
     ) -> None:
         self.model = model.eval()
+        m = model  # the speech side as a view (shared modules) that casts between frozen and trained dtypes
+        self.understander = SpeechUnderstander(m.frontend, m.encoder, m.adapter, m.emotion, m.aux_head)
         self.codec = codec
         self.cfg = generation
         self.max_input_seconds = max_input_seconds
@@ -101,7 +100,6 @@ class Responder:
         """Run :meth:`stream` and collect one :class:`Reply` per dialogue."""
         return collect(self.stream(dialogues, **kwargs), len(dialogues))
 
-    @torch.no_grad()
     def stream(
         self,
         dialogues: list[list[Message]],
@@ -111,137 +109,74 @@ class Responder:
         """Generate replies for ``dialogues`` (batch ≥ 1); see the module docstring for the events."""
         if not dialogues:
             raise ValueError("no dialogues given")
-        batch, last_clip = self._batch(dialogues)
-        und = self.model.understand(batch.mel, batch.mel_lens) if batch.mel.shape[0] else None
-        for i, clip in enumerate(last_clip):
-            emotion = EmotionResult.from_logits(und.aux_logits[clip]) if und is not None and clip >= 0 else None
+        requests, emotions = self.prepare(dialogues, max_new_tokens, temperature)
+        for i, emotion in enumerate(emotions):
             yield EmotionEvent(i, emotion)
-        generator = torch.Generator().manual_seed(self.cfg.seed)
-        streams = [
-            _Stream(
-                i,
-                UnitStream(self.model.speech_decoder, self.max_units, self.cfg.unit_temperature, generator),
-                self.codec,
-            )
-            for i in range(len(dialogues))
-        ]
-        yield from self._decode(
-            batch,
-            und,
-            streams,
-            generator,
-            max_new_tokens or self.cfg.max_new_tokens,
-            self.cfg.temperature if temperature is None else temperature,
-        )
+        yield from self.generate(requests)
 
-    def _batch(self, dialogues: list[list[Message]]) -> tuple[SpeechChatBatch, list[int]]:
-        tokenizer = self.model.llm.tokenizer
-        ids, clips, slot_clips, last_clip = [], [], [], []
+    def prepare(
+        self,
+        dialogues: list[list[Message]],
+        max_new_tokens: int | None = None,
+        temperature: float | None = None,
+    ) -> tuple[list[GenerationRequest], list[EmotionResult | None]]:
+        """Validate dialogues, understand all their clips in one batch; one request and emotion each."""
+        prepared = []
         for i, messages in enumerate(dialogues):
             try:
-                prepared = prepare_dialogue(messages, self.max_input_seconds)
+                prepared.append(prepare_dialogue(messages, self.max_input_seconds))
             except ValueError as err:
                 raise ValueError(f"dialogue {i}: {err}") from None
-            slot_clips += range(len(clips), len(clips) + len(prepared.clips))
-            last_clip.append(len(clips) + len(prepared.clips) - 1 if messages[-1].audio is not None else -1)
-            clips += prepared.clips
-            ids.append(torch.tensor(render(tokenizer, prepared.turns).input_ids))
-        feats = self.model.frontend(clips) if clips else None
-        n_mels = self.model.frontend.mel.n_mels
-        slots = torch.tensor(slot_clips, dtype=torch.long)
-        batch = SpeechChatBatch(
-            mel=feats.mel if feats else torch.zeros(0, n_mels, self.model.frontend.window_frames),
-            mel_lens=feats.lens if feats else torch.zeros(0, dtype=torch.long),
-            input_ids=ids,
-            labels=[torch.full_like(x, -100) for x in ids],
-            speech_clips=slots,
-            emotion_clips=slots,
-            emotion_labels=torch.full((len(clips),), -100),
+        features = understand_clips(self.understander, [c for p in prepared for c in p.clips])
+        requests, emotions, start = [], [], 0
+        for messages, p in zip(dialogues, prepared, strict=True):
+            own = features[start : start + len(p.clips)]
+            start += len(p.clips)
+            emotions.append(own[-1].emotion_result if messages[-1].audio is not None else None)
+            requests.append(
+                generation_request(
+                    p,
+                    own,
+                    max_new_tokens=max_new_tokens or self.cfg.max_new_tokens,
+                    temperature=self.cfg.temperature if temperature is None else temperature,
+                    seed=self.cfg.seed,
+                )
+            )
+        return requests, emotions
+
+    def generate(self, requests: list[GenerationRequest]) -> Iterator[Event]:
+        """Text, unit and audio events for prepared requests (streams numbered in request order)."""
+        llm = LLMSession(self.model.llm, self.model.stop_ids, requests, self.model.read, self.cfg.top_p)
+        speech = SpeechSession(
+            self.model.speech_decoder,
+            [r.speech_output for r in requests],
+            self.model.read,
+            self.model.write,
+            self.max_units,
+            self.cfg.unit_temperature,
+            [r.seed for r in requests],
         )
-        return batch, last_clip
+        states: list[VocoderState | None] = [None] * len(requests)
+        while not speech.done:
+            yield from self._events(speech.round(llm.step()), states)
 
-    def _decode(
-        self,
-        batch: SpeechChatBatch,
-        und,
-        streams: list[_Stream],
-        generator: torch.Generator,
-        max_new_tokens: int,
-        temperature: float,
-    ) -> Iterator[Event]:
-        llm = self.model.llm
-        if und is None:  # text-only dialogues: no slots to fill
-            d = llm.hidden_size
-            und = _empty_understanding(d)
-        fused = self.model.fuse(batch, und, padding_side="left")
-        out = llm(fused.embeds, fused.attention_mask, use_cache=True, last_logits_only=True)
-        mask, cache = fused.attention_mask, out.cache
-        logits, hidden = out.logits[:, -1], out.hidden[:, -1]
-        pad = llm.tokenizer.pad_token_id or 0
-        for step in range(max_new_tokens):
-            tokens = self._sample(logits, generator, temperature)
-            for s in streams:
-                if not s.done:
-                    yield from self._advance(s, int(tokens[s.index]), hidden[s.index], step == max_new_tokens - 1)
-            if all(s.done for s in streams):
-                return
-            tokens = torch.tensor([pad if s.done else s.tokens[-1] for s in streams])
-            mask = torch.cat([mask, torch.ones(len(streams), 1, dtype=mask.dtype)], dim=1)
-            out = llm(llm.embed(tokens)[:, None], mask, cache=cache, use_cache=True, last_logits_only=True)
-            cache, logits, hidden = out.cache, out.logits[:, -1], out.hidden[:, -1]
-
-    def _advance(self, s: _Stream, token: int, hidden: torch.Tensor, last_step: bool) -> Iterator[Event]:
-        stop = token in self.model.stop_ids
-        if not stop:
-            s.tokens.append(token)
-            s.pending_hidden.append(hidden)
-            yield from self._text_delta(s)
-            if len(s.pending_hidden) == self.model.read:
-                yield from self._read_write(s, self.model.write)
-        if stop or last_step:
-            s.done = True
-            yield from self._read_write(s, None)
-            yield Done(s.index, FinishReason.STOP if stop else FinishReason.LENGTH)
-
-    def _text_delta(self, s: _Stream) -> Iterator[Event]:
-        text = self.model.llm.tokenizer.decode(s.tokens, skip_special_tokens=True)
-        if text.endswith("\ufffd"):  # an incomplete multi-byte character: wait for the next token
-            yield TextDelta(s.index, s.tokens[-1], "")
-            return
-        yield TextDelta(s.index, s.tokens[-1], text[len(s.text) :])
-        s.text = text
-
-    def _read_write(self, s: _Stream, write: int | None) -> Iterator[Event]:
-        """Read pending text states, then write W units (``write=None``: end of text, write to EOS)."""
-        if s.pending_hidden:
-            n = len(s.pending_hidden)
-            s.units.read(torch.stack(s.pending_hidden), torch.tensor(s.tokens[-n:]))
-            s.pending_hidden.clear()
-        if write is not None:
-            yield from self._emit(s, s.units.write(write).units)
-            return
-        s.units.end_text()
-        while True:
-            result = s.units.write(self.model.write)
-            yield from self._emit(s, result.units)
-            if result.finished or not result.units:
-                break
-        tail = s.audio.flush()
-        if tail.numel():
-            yield AudioChunk(s.index, tail, self.codec.sample_rate)
-
-    def _emit(self, s: _Stream, units: list[int]) -> Iterator[Event]:
-        if units:
-            yield UnitChunk(s.index, units)
-            yield AudioChunk(s.index, s.audio.push(torch.tensor(units)), self.codec.sample_rate)
-
-    def _sample(self, logits: torch.Tensor, generator: torch.Generator, temperature: float) -> torch.Tensor:
-        if temperature <= 0:
-            return logits.argmax(-1)
-        probs = torch.softmax(logits.float() / temperature, dim=-1)
-        if self.cfg.top_p < 1.0:
-            probs = _top_p(probs, self.cfg.top_p)
-        return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    def _events(self, chunks: list[SpeechChunk | None], states: list[VocoderState | None]) -> Iterator[Event]:
+        live = [(i, c) for i, c in enumerate(chunks) if c is not None]
+        vocode = [(i, c) for i, c in live if c.units]
+        results = vocode_batch(self.codec, [VocodeRequest(states[i], c.units) for i, c in vocode])  # type: ignore[arg-type]
+        audio = {}
+        for (i, _), result in zip(vocode, results, strict=True):
+            states[i], audio[i] = result.state, result
+        for i, chunk in live:
+            if chunk.error is not None:
+                raise ValueError(f"dialogue {i}: {chunk.error}")
+            for token, piece in zip(chunk.token_ids, chunk.pieces, strict=True):
+                yield TextDelta(i, token, piece)
+            if chunk.units:
+                yield UnitChunk(i, list(chunk.units))
+                yield AudioChunk(i, audio[i].audio, audio[i].sample_rate)
+            if chunk.finish_reason is not None:
+                yield Done(i, chunk.finish_reason)
 
 
 def collect(events: Iterable[Event], n_streams: int) -> list[Reply]:
@@ -263,30 +198,13 @@ def collect(events: Iterable[Event], n_streams: int) -> list[Reply]:
     return replies
 
 
-def _top_p(probs: torch.Tensor, top_p: float) -> torch.Tensor:
-    """Keep the smallest set of tokens whose probability reaches ``top_p``; renormalise."""
-    sorted_probs, order = probs.sort(dim=-1, descending=True)
-    drop = sorted_probs.cumsum(-1) - sorted_probs > top_p
-    sorted_probs[drop] = 0.0
-    return torch.zeros_like(probs).scatter(-1, order, sorted_probs) / sorted_probs.sum(-1, keepdim=True)
-
-
-def _empty_understanding(d: int):
-    from freezeempath.batch import Understanding
-
-    return Understanding(
-        torch.zeros(0, 1, d), torch.zeros(0, dtype=torch.long), torch.zeros(0, 1, d), torch.zeros(0, 5)
-    )
-
-
-def build_responder(cfg: ModelConfig) -> Responder:
-    """Model + codec from config, ready to answer."""
-    from freezeempath.model.build import build_model
-    from freezeempath.model.codec import build_codec
+def build_responder(cfg: ModelConfig, trained: str | None = None, device: str = "cpu") -> Responder:
+    """Model + codec from config (trained parts from an exported artefact directory), ready to answer."""
+    from freezeempath.inference.parts import build_codec_part, build_full_model
 
     return Responder(
-        build_model(cfg),
-        build_codec(cfg.codec),
+        build_full_model(cfg, trained, device),
+        build_codec_part(cfg, device),
         cfg.generation,
         cfg.encoder.max_input_seconds,
         cfg.speech_decoder.max_units,
