@@ -1,0 +1,39 @@
+"""Memory estimate (ZeRO accounting) and the frozen-vs-fine-tuned benchmark's exact state bytes."""
+
+from __future__ import annotations
+
+import pytest
+from freezeempath.config import load_config
+from freezeempath.train.bench import run_variant
+from freezeempath.train.memory import estimate_memory
+from helpers import ROOT, speech_like
+
+PAPER_S1 = ROOT / "jobs" / "configs" / "train" / "paper" / "stage1_semantic.yaml"
+
+
+def test_zero3_offload_removes_frozen_weights_from_the_gpu():
+    z2 = estimate_memory(load_config(PAPER_S1, ["train.zero_stage=2", "train.offload_param=false"]), 8)
+    z3 = estimate_memory(load_config(PAPER_S1), 8)
+    assert 15.5 < z2.frozen_weights < 17.0  # ≈ 8.2 B frozen params in bf16, replicated
+    assert z3.frozen_weights == 0.0 and z3.total < z2.total
+    adapter = 20.5e6
+    assert z2.optimizer == pytest.approx(adapter * 12 / 8 / 1024**3, rel=0.05)  # sharded over 8 ranks
+    assert z2.total < 80
+
+
+def test_stage3_activations_only_count_the_decoder():
+    s3 = estimate_memory(load_config(PAPER_S1, ["train.stage=s3b"]), 8)
+    s1 = estimate_memory(load_config(PAPER_S1), 8)
+    assert s3.activations < s1.activations
+    assert s3.optimizer > 10 * s1.optimizer  # the 0.5 B decoder trains in stage 3
+
+
+def test_frozen_llm_needs_a_fraction_of_gradient_and_optimizer_memory():
+    cfg = load_config("tiny")
+    waves = [speech_like(1.0, seed=1), speech_like(0.7, seed=2)]
+    frozen = run_variant(cfg, waves, full=False, steps=1)
+    full = run_variant(cfg, waves, full=True, steps=1)
+    # grad + Adam m + v in fp32 (plus AdamW's scalar step counters)
+    assert frozen.grad_optimizer_bytes == pytest.approx(frozen.trainable_params * 12, rel=1e-3)
+    assert full.grad_optimizer_bytes == pytest.approx(full.trainable_params * 12, rel=1e-3)
+    assert frozen.grad_optimizer_bytes < 0.5 * full.grad_optimizer_bytes
