@@ -58,3 +58,17 @@ class ChatOutput:
     aux_logits: torch.Tensor  # (C, 5)
     emotion_labels: torch.Tensor  # (C,)
     units: DecoderOutput | None = None
+
+
+def batch_to(batch: SpeechChatBatch, device: torch.device | str) -> SpeechChatBatch:
+    """Move every tensor of a batch to ``device``."""
+    import dataclasses
+
+    def move(value):
+        if isinstance(value, torch.Tensor):
+            return value.to(device)
+        if isinstance(value, list):
+            return [move(v) for v in value]
+        return value
+
+    return dataclasses.replace(batch, **{f.name: move(getattr(batch, f.name)) for f in dataclasses.fields(batch)})
