@@ -94,7 +94,7 @@ def _fixture_ravdess(root: Path) -> None:
 
 
 @pytest.mark.ray
-def test_prepare_job_skips_bad_rows_resamples_and_resumes(ray_data, tmp_path, capsys):
+def test_prepare_job_skips_bad_rows_resamples_and_resumes(ray_local, tmp_path, capsys):
     _fixture_ravdess(tmp_path / "raw")
     out = tmp_path / "shards"
     argv = ["--corpus", "ravdess", "--root", str(tmp_path / "raw"), "--out", str(out), "--shard-rows", "3"]
@@ -132,7 +132,7 @@ def test_prepare_job_skips_bad_rows_resamples_and_resumes(ray_data, tmp_path, ca
 
 @pytest.mark.ray
 @pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng not installed")
-def test_sample_corpus_job(ray_data, tmp_path, capsys):
+def test_sample_corpus_job(ray_local, tmp_path, capsys):
     summary = prepare_main(["--corpus", "sample", "--out", str(tmp_path)])
     capsys.readouterr()
     assert summary["rows_total"] == 120 and summary["rows_skipped"] == {}
@@ -155,7 +155,7 @@ def test_sample_corpus_job(ray_data, tmp_path, capsys):
 @pytest.mark.ray
 @pytest.mark.data
 @needs_ravdess
-def test_real_ravdess_subset_prepares(ray_data, tmp_path):
+def test_real_ravdess_subset_prepares(ray_local, tmp_path):
     with open(RAVDESS_DIR / "manifest.csv", newline="") as f:
         seconds = {Path(rec["path"]).stem: float(rec["duration_s"]) for rec in csv.DictReader(f)}
     rows = [r for r in load_corpus(Corpus.RAVDESS, RAVDESS_DIR).rows if r.speaker in ("18", "19", "24")][::20]
