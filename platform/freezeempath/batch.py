@@ -26,6 +26,9 @@ class SpeechChatBatch:
         emotion_labels: ``(C,)`` canonical class index per clip, ``IGNORE_INDEX`` when unknown.
         units: ``(B, M)`` target speech units of each reply (stage 3), or None.
         unit_lens: ``(B,)`` valid units per reply, or None.
+        reply_hidden: ``(B, n, D_llm)`` cached LLM states of the reply tokens (stage 3 from cache), or None.
+        reply_tokens: ``(B, n)`` the reply tokens those states predicted, or None.
+        reply_lens: ``(B,)`` valid reply tokens, or None.
     """
 
     mel: torch.Tensor
@@ -37,6 +40,9 @@ class SpeechChatBatch:
     emotion_labels: torch.Tensor
     units: torch.Tensor | None = None
     unit_lens: torch.Tensor | None = None
+    reply_hidden: torch.Tensor | None = None
+    reply_tokens: torch.Tensor | None = None
+    reply_lens: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)

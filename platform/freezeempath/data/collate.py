@@ -46,6 +46,8 @@ class Collator(NumpyBatchCollateFn):
 
     def __call__(self, batch: dict[str, Any]) -> SpeechChatBatch:
         """Columnar batch → :class:`SpeechChatBatch`."""
+        if "reply_hidden" in batch and self.stage.speech_stage:
+            return self._cached(batch)
         n = len(batch["mel_len"])
         paired = "emotion_mel" in batch and self.stage is Stage.S2B
         mels, lens, floors = list(batch["mel"]), list(batch["mel_len"]), list(batch["mel_floor"])
@@ -72,6 +74,28 @@ class Collator(NumpyBatchCollateFn):
             emotion_labels=emotion_labels,
             units=units,
             unit_lens=unit_lens,
+        )
+
+    def _cached(self, batch: dict[str, Any]) -> SpeechChatBatch:
+        """Stage 3 from the reply-state cache: no audio, no prompt; the decoder reads the cached states."""
+        from freezeempath.train.hidden_cache import cached_batch_arrays
+
+        hidden, tokens, lens = cached_batch_arrays(batch)
+        units, unit_lens = self._units(batch)
+        none = torch.zeros(0, dtype=torch.long)
+        return SpeechChatBatch(
+            mel=torch.zeros(0, 0, self.window_frames),
+            mel_lens=none,
+            input_ids=[],
+            labels=[],
+            speech_clips=none,
+            emotion_clips=none,
+            emotion_labels=none,
+            units=units,
+            unit_lens=unit_lens,
+            reply_hidden=hidden,
+            reply_tokens=tokens,
+            reply_lens=lens,
         )
 
     def _turn(self, batch: dict[str, Any], i: int) -> Turn:

@@ -33,6 +33,20 @@ PASS_THROUGH = ("id", "emotion", "transcript", "reply", "reply_units", "reply_hi
 BOUNDARY_FRAMES = 3  # STFT frames just past the clip still see its last samples
 
 
+CACHED_STAGE3_COLUMNS = ("id", "reply_units", "reply_tokens", "reply_hidden", "reply_hidden_shape")
+
+
+def is_reply_state_cache(paths: list[str]) -> bool:
+    """Whether the shards are stage-3 reply-state caches (``train.hidden_cache``), not audio shards."""
+    import pyarrow.parquet as pq
+
+    return (
+        bool(paths)
+        and "reply_hidden" in pq.read_schema(paths[0]).names
+        and "audio" not in pq.read_schema(paths[0]).names
+    )
+
+
 def required_columns(stage: Stage) -> tuple[str, ...]:
     """Columns a shard must have for ``stage``."""
     return BASE_COLUMNS + STAGE_COLUMNS[stage]
@@ -155,6 +169,19 @@ def sort_by_length(batch: dict[str, Any]) -> dict[str, Any]:
     return {k: [v[i] for i in order] for k, v in batch.items()}
 
 
+def read_shards(cfg: Config, paths: list[str], columns: list[str]) -> Any:
+    """``read_parquet`` with seeded file shuffling and fractional CPUs per read task."""
+    import ray
+
+    shuffle = ray.data.FileShuffleConfig(seed=cfg.data.shuffle_seed) if cfg.data.shuffle_seed >= 0 else None
+    context = ray.data.DataContext.get_current()
+    v2, context.use_datasource_v2 = context.use_datasource_v2, False
+    try:  # the V2 reader's file-listing task always asks for a whole CPU and starves next to Train workers
+        return ray.data.read_parquet(list(paths), columns=columns, shuffle=shuffle, num_cpus=cfg.data.read_cpus)
+    finally:
+        context.use_datasource_v2 = v2
+
+
 def build_dataset(cfg: Config, paths: list[str], stage: Stage, counter_name: str = "") -> Any:
     """The streaming dataset for ``stage``: read → features + length buckets (actor pool).
 
@@ -163,15 +190,10 @@ def build_dataset(cfg: Config, paths: list[str], stage: Stage, counter_name: str
     """
     import ray
 
-    columns = check_shard_columns(paths, stage)
+    if stage.speech_stage and is_reply_state_cache(paths):  # no audio to decode: the LLM states are cached
+        return read_shards(cfg, paths, list(CACHED_STAGE3_COLUMNS))
     enc = cfg.model.encoder
-    shuffle = ray.data.FileShuffleConfig(seed=cfg.data.shuffle_seed) if cfg.data.shuffle_seed >= 0 else None
-    context = ray.data.DataContext.get_current()
-    v2, context.use_datasource_v2 = context.use_datasource_v2, False
-    try:  # the V2 reader's file-listing task always asks for a whole CPU and starves next to Train workers
-        ds = ray.data.read_parquet(list(paths), columns=columns, shuffle=shuffle, num_cpus=cfg.data.read_cpus)
-    finally:
-        context.use_datasource_v2 = v2
+    ds = read_shards(cfg, paths, check_shard_columns(paths, stage))
     return ds.map_batches(
         AudioFeatures,
         fn_constructor_args=(

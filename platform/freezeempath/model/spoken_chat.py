@@ -84,18 +84,39 @@ class FreezeEmpathModel(nn.Module):
         )
 
     def forward(self, batch: SpeechChatBatch, stage: Stage) -> ChatOutput:
-        """One teacher-forced pass; every submodule runs every step (static graph under ZeRO-3)."""
+        """One teacher-forced pass; every submodule runs every step (static graph under ZeRO-3).
+
+        Stage 3 with cached reply states (``batch.reply_hidden``) runs the speech decoder only: the LLM is
+        frozen, so its states are the same every epoch.
+        """
+        if stage.speech_stage and batch.reply_hidden is not None:
+            return self._decoder_only(batch)
         und = self.understand(batch.mel, batch.mel_lens)
         fused = self.fuse(batch, und)
         with torch.set_grad_enabled(torch.is_grad_enabled() and not stage.speech_stage):
             out = self.llm(fused.embeds, fused.attention_mask)
         units = None
         if stage.speech_stage:
-            if batch.units is None or batch.unit_lens is None:
-                raise ValueError(f"stage {stage.value} needs target units in the batch")
             hidden, tokens, lens = self.reply_states(out.hidden.detach(), fused.labels)
-            units = self.speech_decoder(hidden, tokens, lens, batch.units, batch.unit_lens, self.read, self.write)
+            units = self._decode_units(batch, hidden, tokens, lens)
         return ChatOutput(out.logits, fused.labels, und.aux_logits, batch.emotion_labels, units)
+
+    def live_reply_states(self, batch: SpeechChatBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The frozen LLM's reply states for a batch (what the stage-3 cache stores)."""
+        with torch.no_grad():
+            fused = self.fuse(batch, self.understand(batch.mel, batch.mel_lens))
+            return self.reply_states(self.llm(fused.embeds, fused.attention_mask).hidden, fused.labels)
+
+    def _decoder_only(self, batch: SpeechChatBatch) -> ChatOutput:
+        assert batch.reply_tokens is not None and batch.reply_lens is not None
+        units = self._decode_units(batch, batch.reply_hidden, batch.reply_tokens, batch.reply_lens)
+        empty = torch.zeros(0, dtype=torch.long, device=units.loss.device)
+        return ChatOutput(units.logits[:0], empty.reshape(0, 0), units.logits.new_zeros(0, 5), empty, units)
+
+    def _decode_units(self, batch: SpeechChatBatch, hidden, tokens, lens):
+        if batch.units is None or batch.unit_lens is None:
+            raise ValueError("a speech stage needs target units in the batch")
+        return self.speech_decoder(hidden, tokens, lens, batch.units, batch.unit_lens, self.read, self.write)
 
     def reply_states(
         self, hidden: torch.Tensor, labels: torch.Tensor
