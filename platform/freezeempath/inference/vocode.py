@@ -1,0 +1,127 @@
+"""Vocoding unit chunks of several streams at once: units → audio at the output rate.
+
+In: per stream a :class:`VocodeRequest` — its :class:`VocoderState` (None for a new stream), the next
+units ``(W,)`` and whether the stream ends. Out: a :class:`VocodeResult` per request — float32 audio at
+the output rate and the updated state. The state is self-contained (unit and mel context, cross-fade
+tail, resampler buffer) and kept on the CPU, so chunks of one stream may go to any vocoder replica and
+the state may cross to processes without a GPU.
+
+Chunks with the same shape are synthesised together: one units-to-mel pass and one batched
+Griffin-Lim, which equals :meth:`~freezeempath.model.codec.UnitStreamDecoder.push` per stream.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+import torch
+import torchaudio
+
+from freezeempath.inference.audio_io import StreamingResampler
+from freezeempath.model.codec import LOG_FLOOR, MelKMeansCodec
+
+
+@dataclass(frozen=True)
+class VocoderState:
+    """One stream's vocoder context between chunks (see ``UnitStreamDecoder`` for the first three)."""
+
+    unit_context: torch.Tensor  # (≤ receptive field,) int64, last units pushed
+    mel_context: torch.Tensor  # (context_units, n_mels) last predicted log-mel frames
+    tail: torch.Tensor  # (hop // 2,) samples cross-faded into the next chunk
+    resampler: StreamingResampler
+    units_pushed: int = 0
+
+
+@dataclass(frozen=True)
+class VocodeRequest:
+    """The next units of one stream; ``final`` flushes the resampler after them."""
+
+    state: VocoderState | None
+    units: tuple[int, ...]
+    final: bool = False
+
+
+@dataclass(frozen=True)
+class VocodeResult:
+    """Audio ``(N,)`` float32 at ``sample_rate`` for the request's units, and the new state."""
+
+    audio: torch.Tensor
+    sample_rate: int
+    state: VocoderState
+
+
+def new_state(codec: MelKMeansCodec, output_rate: int | None = None) -> VocoderState:
+    """A fresh stream: silence before the first unit, no units yet."""
+    return VocoderState(
+        unit_context=torch.zeros(0, dtype=torch.long),
+        mel_context=torch.full((codec.context_units, codec.n_mels), LOG_FLOOR),
+        tail=torch.zeros(codec.fade_length),
+        resampler=StreamingResampler(codec.sample_rate, output_rate or codec.sample_rate),
+    )
+
+
+@torch.no_grad()
+def vocode_batch(
+    codec: MelKMeansCodec, requests: list[VocodeRequest], output_rate: int | None = None
+) -> list[VocodeResult]:
+    """Vocode every request; requests whose context and chunk lengths agree share one synthesis."""
+    rate = output_rate or codec.sample_rate
+    states = [r.state if r.state is not None else new_state(codec, rate) for r in requests]
+    units = [codec.check_units(torch.tensor(r.units, dtype=torch.long)) for r in requests]
+    audio: list[torch.Tensor] = [torch.zeros(0)] * len(requests)
+    groups: dict[tuple[int, int], list[int]] = defaultdict(list)
+    for i, (state, chunk) in enumerate(zip(states, units, strict=True)):
+        if chunk.numel():
+            groups[(state.unit_context.numel(), chunk.numel())].append(i)
+    for members in groups.values():
+        pushed = _push_group(codec, [states[i] for i in members], torch.stack([units[i] for i in members]))
+        for i, (wave, state) in zip(members, pushed, strict=True):
+            audio[i], states[i] = wave, state
+    results = []
+    for request, wave, state in zip(requests, audio, states, strict=True):
+        out = state.resampler.push(wave.float())
+        if request.final:
+            out = torch.cat([out, state.resampler.flush()])
+        results.append(VocodeResult(audio=out, sample_rate=rate, state=state))
+    return results
+
+
+def _push_group(
+    codec: MelKMeansCodec, states: list[VocoderState], chunks: torch.Tensor
+) -> list[tuple[torch.Tensor, VocoderState]]:
+    """``chunks (B, W)`` with equal context lengths → per stream audio ``(W · hop,)`` and new state."""
+    device = codec.codebook.device
+    context = torch.stack([s.unit_context for s in states]).to(device)  # (B, R')
+    history = torch.cat([context, chunks], dim=1)  # (B, R' + W)
+    mel = codec.predict_log_mel(history)[:, context.shape[1] :]  # (B, W, n_mels)
+    frames = torch.cat([torch.stack([s.mel_context for s in states]).to(device), mel], dim=1)  # (B, C + W, n_mels)
+    waves, tails = synthesize_batch(codec, frames)  # (B, W · hop), (B, fade)
+    ramp = codec.fade_ramp.cpu()  # (fade,)
+    waves, tails, history, frames = waves.cpu(), tails.cpu(), history.cpu(), frames.cpu()
+    keep, out = codec.decoder.receptive_field, []
+    for b, state in enumerate(states):
+        wave = waves[b].clone()
+        wave[: ramp.numel()] = (1 - ramp) * state.tail + ramp * wave[: ramp.numel()]
+        new = VocoderState(
+            unit_context=history[b, max(0, history.shape[1] - keep) :].clone(),
+            mel_context=frames[b, frames.shape[1] - codec.context_units :].clone(),
+            tail=tails[b].clone(),
+            resampler=state.resampler,
+            units_pushed=state.units_pushed + chunks.shape[1],
+        )
+        out.append((wave, new))
+    return out
+
+
+def synthesize_batch(codec: MelKMeansCodec, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Batched ``MelKMeansCodec.synthesize``: ``frames (B, C + W, n_mels)`` → ``(B, W · hop)``, ``(B, fade)``."""
+    power = frames.clamp(min=LOG_FLOOR).exp().transpose(1, 2)  # (B, n_mels, C + W)
+    linear = codec.inverse_mel(power)  # (B, n_freq, C + W)
+    gl, end = codec.griffin_lim, (frames.shape[1] - 1) * codec.hop_length
+    wave = torchaudio.functional.griffinlim(
+        linear, gl.window, gl.n_fft, gl.hop_length, gl.win_length, gl.power, gl.n_iter, gl.momentum,
+        end + codec.fade_length, gl.rand_init,
+    )  # fmt: skip
+    start = (codec.context_units - 1) * codec.hop_length
+    return wave[:, start:end], wave[:, end:]
