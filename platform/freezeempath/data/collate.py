@@ -46,7 +46,7 @@ class Collator(NumpyBatchCollateFn):
 
     def __call__(self, batch: dict[str, Any]) -> SpeechChatBatch:
         """Columnar batch → :class:`SpeechChatBatch`."""
-        if "reply_hidden" in batch and self.stage.speech_stage:
+        if self.stage.speech_stage and "reply_hidden" in batch and batch["reply_hidden"][0] is not None:
             return self._cached(batch)
         n = len(batch["mel_len"])
         paired = "emotion_mel" in batch and self.stage is Stage.S2B

@@ -28,8 +28,8 @@ STAGE_COLUMNS: dict[Stage, tuple[str, ...]] = {
     Stage.S3A: ("reply", "reply_units"),
     Stage.S3B: ("reply", "reply_units"),
 }
-OPTIONAL_COLUMNS = ("emotion", "transcript", "emotion_audio", "reply_hidden", "reply_hidden_shape")
-PASS_THROUGH = ("id", "emotion", "transcript", "reply", "reply_units", "reply_hidden", "reply_hidden_shape")
+OPTIONAL_COLUMNS = ("emotion", "transcript", "emotion_audio")
+PASS_THROUGH = ("id", "emotion", "transcript", "reply", "reply_units")
 BOUNDARY_FRAMES = 3  # STFT frames just past the clip still see its last samples
 
 

@@ -103,10 +103,9 @@ class SpeechDecoder(nn.Module):
             unit_ids = torch.cat([self.unit_ids(units[b, :m]), units.new_tensor([self.eos_id])])  # (m + 1,)
             unit_side = self.embed(unit_ids)  # (m + 1, d)
             layout = interleave_layout(n + 1, m + 1, read, write)
-            sequences.append(torch.stack([text_side[i] if s is Side.TEXT else unit_side[i] for s, i in layout]))
-            targets.append(
-                torch.stack([unit_ids[i] if s is Side.UNIT else unit_ids.new_tensor(IGNORE_INDEX) for s, i in layout])
-            )
+            order = torch.tensor([i if side is Side.TEXT else n + 1 + i for side, i in layout], device=hidden.device)
+            sequences.append(torch.cat([text_side, unit_side])[order])  # (L, d) in read/write order
+            targets.append(torch.cat([unit_ids.new_full((n + 1,), IGNORE_INDEX), unit_ids])[order])
         embeds, labels, mask, lens = _pad_right(sequences, targets)
         logits = self.lm(inputs_embeds=embeds, attention_mask=mask, return_dict=True).logits  # (B, L, V)
         loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE_INDEX)
