@@ -62,7 +62,7 @@ def test_stage_trains_with_frozen_parts_unchanged(ray_local, tmp_path, shards, s
         assert "ser_accuracy" in rows[-1] and "aux" in rows[-1]
     assert (out / "metrics.csv").is_file()
     before = {k: v.clone() for k, v in base.state_dict().items()}
-    assert load_trained(base, out / "artefact") == Stage(stage).trainable
+    assert set(load_trained(base, out / "artefact")) == set(Stage(stage).trainable)
     changed = {k.split(".")[0] for k, v in base.state_dict().items() if not v.equal(before[k])}
     assert changed == set(Stage(stage).trainable)
 
