@@ -1,14 +1,16 @@
 """Codec job: fit the built-in speech codec (``MelKMeansCodec``) on shards, save it, report intelligibility.
 
 Fits k-means units and the units-to-mel decoder on a seeded sample of ``targets.codec_fit_clips`` clips
-of the shards' ``--column`` (``audio`` or ``reply_audio``), saves it to ``--out`` (point
-``model.codec.path`` there), then transcribes held-out speech with the demo preset's Whisper tiny.en before
-and after ``encode`` → ``decode``: RAVDESS test actors 21–24 (``data.ravdess_dir``, skipped when absent;
-``targets.heldout_clips`` of them) and the bundled question. Prints the fit report and the WER figures
-as JSON (also written to ``--out/report.json``)::
+of the shards' ``--column``, saves it to ``--out`` (point ``model.codec.path`` there), then transcribes
+held-out speech with the demo preset's Whisper tiny.en before and after ``encode`` → ``decode``: RAVDESS
+test actors 21–24 (``data.ravdess_dir``, skipped when absent; ``targets.heldout_clips`` of them), the
+bundled question and any ``--heldout`` shards. Prints the fit report and the WER figures as JSON (also
+written to ``--out/report.json``)::
 
-    python -m jobs.fit_codec --in outputs/shards/sample outputs/shards/ravdess --out outputs/codec/demo --config demo
-    python -m jobs.fit_codec --in outputs/shards/ravdess --out outputs/codec/tiny --config tiny --no-wer
+    python -m jobs.fit_codec --in "outputs/shards/ravdess/train-*.parquet" --out outputs/codec/demo --config demo
+    python -m jobs.fit_codec --in "outputs/shards/sample/train-*.parquet" \\
+        --heldout "outputs/shards/sample/test-*.parquet" --out outputs/codec/demo-espeak --config demo
+    python -m jobs.fit_codec --in "outputs/shards/ravdess/train-*" --out outputs/codec/tiny --config tiny --no-wer
     ray job submit --working-dir . -- python -m jobs.fit_codec --in /shared/shards/esd --out /shared/codec/demo \\
         --config demo targets.codec_fit_clips=2000
 
@@ -25,7 +27,7 @@ import time
 from pathlib import Path
 
 from freezeempath.config import load_config, save_config
-from freezeempath.data.targets import fit_codec, read_waves
+from freezeempath.data.targets import fit_codec, list_shards, read_waves
 
 log = logging.getLogger("jobs.fit_codec")
 
@@ -37,6 +39,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", required=True, type=Path, help="codec folder (codec.json + codec.safetensors)")
     parser.add_argument("--column", default="audio", choices=["audio", "reply_audio", "emotion_audio"])
     parser.add_argument("--config", default="demo", help="preset name or YAML")
+    parser.add_argument("--heldout", nargs="*", default=[], help="extra held-out shards (rows with transcripts)")
     parser.add_argument("--no-wer", action="store_true", help="skip the Whisper round-trip check")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. targets.codec_fit_clips=512")
     return parser.parse_args(argv)
@@ -44,7 +47,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict:
     """Fit, save, evaluate; print and return the report."""
-    from freezeempath.evaluation.asr import heldout_speech, round_trip_wer
+    from freezeempath.evaluation.asr import heldout_speech, round_trip_wer, shard_speech
 
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -58,7 +61,12 @@ def main(argv: list[str] | None = None) -> dict:
     seconds = round(time.perf_counter() - start, 1)
     report: dict = {"codec_dir": str(args.out), "fit": dataclasses.asdict(fit), "fit_seconds": seconds, "wer": {}}
     if not args.no_wer:
-        for name, clips in heldout_speech(cfg.data.ravdess_dir, cfg.targets.heldout_clips, cfg.targets.seed).items():
+        sets = heldout_speech(cfg.data.ravdess_dir, cfg.targets.heldout_clips, cfg.targets.seed)
+        if args.heldout:
+            sets["heldout_shards"] = shard_speech(
+                list_shards(args.heldout), cfg.targets.heldout_clips, cfg.targets.seed
+            )
+        for name, clips in sets.items():
             result = round_trip_wer(codec, list(clips.waves), list(clips.references))
             report["wer"][name] = result.to_dict()
             log.info("%s: WER %.3f original, %.3f after the codec", name, result.wer_original, result.wer_round_trip)

@@ -7,7 +7,6 @@ CTranslate2, SmolLM2-135M-Instruct as GGUF) and skip when they are not installed
 
 from __future__ import annotations
 
-import copy
 import difflib
 import importlib.resources
 import importlib.util
@@ -392,82 +391,19 @@ def test_whisper_encoder_output(whisper_tiny: Any) -> None:
 @needs_whisper
 @pytest.mark.skipif(not SPEECH_ASSET.is_file(), reason="bundled speech asset absent")
 def test_ported_encoder_transcribes_bundled_speech(whisper_tiny: Any) -> None:
-    """End-to-end parity without ctranslate2: ported encoder + the file's decoder → the transcript."""
-    from tokenizers import Tokenizer
+    """End-to-end parity without ctranslate2: ported encoder + the file's decoder (``evaluation.asr``) → text."""
+    from freezeempath.evaluation import asr
 
-    encoder, variables = whisper_tiny
-    decoder = whisper_decoder_from_ct2(variables, encoder.config)
-    folder = weights.resolve_asset(presets.demo().model.encoder.path).parent
-    tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
-    start = [tokenizer.token_to_id(t) for t in ("<|startoftranscript|>", "<|notimestamps|>")]
-    end = tokenizer.token_to_id("<|endoftext|>")
+    encoder, _ = whisper_tiny
+    recogniser = asr.default_asr()
     features, transcript = speech_features()
     with torch.no_grad():
-        memory = encoder(features).last_hidden_state  # (1, 1500, 384)
-        ids, step, cache = list(start), torch.tensor([start]), None
-        for _ in range(40):
-            out = decoder(input_ids=step, encoder_hidden_states=memory, cache=cache, use_cache=True)
-            token = int((out.last_hidden_state[0, -1] @ decoder.embed_tokens.weight.T).argmax())  # tied head
-            if token == end:
-                break
-            ids.append(token)
-            step, cache = torch.tensor([[token]]), out.cache
-    words = re.findall(r"[a-z']+", tokenizer.decode(ids[len(start) :]).lower())
-    expected = re.findall(r"[a-z']+", transcript.lower())
+        hidden = recogniser.model.get_encoder()(features).last_hidden_state  # (1, 1500, 384)
+        torch.testing.assert_close(hidden, encoder(features).last_hidden_state)
+        ids = recogniser.model.generate(input_features=features, return_timestamps=False, max_new_tokens=40)
+    words = asr.normalize_words(recogniser.tokenizer.decode(ids[0].tolist(), skip_special_tokens=True))
+    expected = asr.normalize_words(transcript)
     assert difflib.SequenceMatcher(a=words, b=expected).ratio() >= 0.8, (words, expected)
-
-
-def whisper_decoder_from_ct2(variables: dict[str, np.ndarray], config: Any) -> Any:
-    """The tiny.en decoder from the same ``model.bin`` (test-only mapping, mirrors the encoder's)."""
-    from transformers.models.whisper.modeling_whisper import WhisperDecoder
-
-    config = copy.deepcopy(config)  # the encoder's, shared by the module fixture
-    config.decoder_layers, config.decoder_attention_heads, config.decoder_ffn_dim = 4, 6, 1536
-    config.max_target_positions = 448
-    d = config.d_model
-
-    def get(name: str) -> torch.Tensor:
-        return torch.from_numpy(variables[f"decoder/{name}"].astype(np.float32))
-
-    state = {
-        "embed_tokens.weight": get("embeddings/weight"),
-        "embed_positions.weight": get("position_encodings/encodings"),
-        "layer_norm.weight": get("layer_norm/gamma"),
-        "layer_norm.bias": get("layer_norm/beta"),
-    }
-    for i in range(config.decoder_layers):
-        ct2, hf = f"layer_{i}/", f"layers.{i}."
-        qkv_w, qkv_b = get(ct2 + "self_attention/linear_0/weight"), get(ct2 + "self_attention/linear_0/bias")
-        kv_w, kv_b = get(ct2 + "attention/linear_1/weight"), get(ct2 + "attention/linear_1/bias")
-        state |= {
-            hf + "self_attn.q_proj.weight": qkv_w[:d],
-            hf + "self_attn.k_proj.weight": qkv_w[d : 2 * d],
-            hf + "self_attn.v_proj.weight": qkv_w[2 * d :],
-            hf + "self_attn.q_proj.bias": qkv_b[:d],
-            hf + "self_attn.v_proj.bias": qkv_b[2 * d :],
-            hf + "encoder_attn.k_proj.weight": kv_w[:d],
-            hf + "encoder_attn.v_proj.weight": kv_w[d:],
-            hf + "encoder_attn.v_proj.bias": kv_b[d:],
-        }
-        for hf_name, ct2_name in (
-            ("self_attn.out_proj", "self_attention/linear_1"),
-            ("encoder_attn.q_proj", "attention/linear_0"),
-            ("encoder_attn.out_proj", "attention/linear_2"),
-            ("fc1", "ffn/linear_0"),
-            ("fc2", "ffn/linear_1"),
-        ):
-            state[f"{hf}{hf_name}.weight"] = get(f"{ct2}{ct2_name}/weight")
-            state[f"{hf}{hf_name}.bias"] = get(f"{ct2}{ct2_name}/bias")
-        for hf_name, ct2_name in (
-            ("self_attn_layer_norm", "self_attention"),
-            ("encoder_attn_layer_norm", "attention"),
-            ("final_layer_norm", "ffn"),
-        ):
-            state[f"{hf}{hf_name}.weight"] = get(f"{ct2}{ct2_name}/layer_norm/gamma")
-            state[f"{hf}{hf_name}.bias"] = get(f"{ct2}{ct2_name}/layer_norm/beta")
-    decoder = WhisperDecoder(config).eval()
-    weights.load_state_strict(decoder, state)
-    return decoder
 
 
 @pytest.mark.demo

@@ -1,0 +1,1 @@
+"""Evaluation: ASR transcripts and word error rate (codec intelligibility, spoken answers)."""
