@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import psutil
@@ -82,7 +83,11 @@ def test_train_job_runs_through_ray_job_submit(ray_cluster, tmp_path):
         f"train.storage_path={tmp_path / 'ray'}",
         "train.init_from=[]",
     ]
-    done = subprocess.run(cmd, cwd=ROOT, env=ray_cluster, capture_output=True, text=True, timeout=420)
+    for _ in range(10):  # the dashboard's job agent may still be starting right after `ray start`
+        done = subprocess.run(cmd, cwd=ROOT, env=ray_cluster, capture_output=True, text=True, timeout=420)
+        if "No available agent" not in done.stderr:
+            break
+        time.sleep(5)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "succeeded" in done.stdout
     summary = json.loads((out / "summary.json").read_text())
