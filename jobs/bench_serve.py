@@ -1,18 +1,23 @@
 """Serving benchmark: latency, time to first audio and requests/s through Serve vs the in-process pipeline.
 
-Runs the tiny preset on CPU: the same spoken requests through ``Responder`` (no Serve) and through the
-Serve app (streaming chat, pcm16) at concurrency 1, 4 and 16, with dynamic batching on and off. Prints a
-table and the ratios against the targets (≤ 5 ms overhead per hop; ≥ 2× requests/s from batching at
-concurrency 16; first audio ≤ 25 % of the full reply) and writes them as JSON::
+Tiny preset on CPU. Two Serve apps run side by side, dynamic batching on (``/on``) and off (``/off``);
+the conditions being compared are interleaved so that load drifting on a shared machine hits them alike:
+at concurrency 1 each request goes through ``Responder`` (no Serve), ``/on`` and ``/off`` back to back;
+at concurrency 4 and 16 the two apps alternate level by level (``--repeats`` times). Prints a table and
+the ratios against the targets (≤ 5 ms overhead per hop; ≥ 2× requests/s from batching at concurrency 16;
+first audio ≤ 25 % of the full reply) and writes them as JSON::
 
-    python -m jobs.bench_serve                                  # a few minutes on 2 cores
+    python -m jobs.bench_serve                                  # ≈ 5 minutes on 2 cores
     python -m jobs.bench_serve --requests 4 --concurrency 1 4   # quicker
     python -m jobs.bench_serve --gpu-paper-reduced              # one CUDA GPU: paper widths, 2 layers each
+    python -m jobs.bench_serve --gpu-paper-reduced --device cpu --requests 1 --max-tokens 6 \\
+        model.dtype=float32 model.speech_decoder.max_units=60   # CPU smoke test of that path
     ray job submit --working-dir . -- python -m jobs.bench_serve --out outputs/bench_serve.json
 
-Hops per request = proxy→gateway, understanding, decoder stream, LLM stream, one vocoder call per audio
-chunk; overhead per hop = (Serve p50 − in-process p50) / hops, so it includes HTTP, JSON, base64, 24 kHz
-resampling and pcm16 encoding (an upper bound).
+Hops per request = proxy→gateway, understanding, decoder stream, LLM stream, and one vocoder call per
+audio chunk. Overhead per hop = median over requests of (Serve − in-process latency of the same request,
+run back to back) / hops; it includes HTTP, JSON, base64, 24 kHz resampling and pcm16 encoding. For
+scale, ``healthz_round_trip_ms`` is a bare HTTP → proxy → gateway round trip measured alongside.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import asyncio
 import base64
 import io
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -43,6 +49,7 @@ REDUCED_PAPER = [
     "model.speech_decoder.layers=2",
 ]
 TARGETS = {"overhead_per_hop_ms": 5.0, "batching_speedup_c16": 2.0, "first_audio_share": 0.25}
+MODES = ("on", "off")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -50,11 +57,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=8, help="requests per level (at least 2 × concurrency)")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
-    parser.add_argument("--max-tokens", type=int, default=24, help="reply token budget")
+    parser.add_argument("--repeats", type=int, default=2, help="on/off alternations per level above 1")
+    parser.add_argument("--max-tokens", type=int, default=48, help="reply token budget")
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--out", default="outputs/bench_serve.json")
     parser.add_argument("--gpu-paper-reduced", action="store_true", help="reduced paper preset on one GPU")
     parser.add_argument("--device", default="cuda", help="device of --gpu-paper-reduced (cpu: smoke test)")
+    parser.add_argument("overrides", nargs="*", help="dotted config overrides for --gpu-paper-reduced")
     return parser.parse_args(argv)
 
 
@@ -62,24 +71,21 @@ def clips(n: int) -> list[tuple[np.ndarray, int]]:
     """``n`` distinct variants of the bundled question (distinct bytes: no cache hits in the gateway)."""
     q, rng = bundled_question("question_sad"), np.random.default_rng(0)
     base = np.asarray(q.samples, dtype=np.float32)
-    return [
-        (base * (0.8 + 0.2 * rng.random()) + 1e-3 * rng.standard_normal(base.shape).astype(np.float32), q.sample_rate)
-        for _ in range(n)
-    ]
+    noise = [1e-3 * rng.standard_normal(base.shape).astype(np.float32) for _ in range(n)]
+    return [(base * (0.8 + 0.2 * rng.random()) + e, q.sample_rate) for e in noise]
 
 
 def chat_body(samples: np.ndarray, rate: int, max_tokens: int) -> dict[str, Any]:
-    """A streaming spoken chat request (pcm16 out)."""
+    """A streaming spoken chat request (pcm16 out, usage at the end)."""
     buffer = io.BytesIO()
     sf.write(buffer, samples, rate, format="WAV")
-    part = {
-        "type": "input_audio",
-        "input_audio": {"data": base64.b64encode(buffer.getvalue()).decode(), "format": "wav"},
-    }
+    data = base64.b64encode(buffer.getvalue()).decode()
+    part = {"type": "input_audio", "input_audio": {"data": data, "format": "wav"}}
     return {
         "model": "freezeempath",
         "messages": [{"role": "user", "content": [part]}],
         "stream": True,
+        "stream_options": {"include_usage": True},
         "modalities": ["text", "audio"],
         "audio": {"voice": "alloy", "format": "pcm16"},
         "max_completion_tokens": max_tokens,
@@ -102,21 +108,6 @@ def summarize(name: str, concurrency: int, runs: list[dict[str, float]], wall: f
         "audio_chunks": float(np.mean([r["chunks"] for r in runs])),
         "tokens": float(np.mean([r["tokens"] for r in runs])),
     }
-
-
-def in_process(responder: Any, data: list[tuple[np.ndarray, int]], max_tokens: int) -> list[dict[str, Any]]:
-    """The same requests through ``Responder`` one at a time, and 16 at once as one batch."""
-    dialogues = [[Message("user", audio=AudioInput(x, rate))] for x, rate in data]
-    runs = [timed_events(responder.stream([d], max_new_tokens=max_tokens)) for d in dialogues]
-    rows = [summarize("in-process", 1, runs, sum(r["total"] for r in runs))]
-    batch = dialogues[:16]
-    start = time.perf_counter()
-    replies = responder.respond(batch, max_new_tokens=max_tokens)
-    wall = time.perf_counter() - start
-    tokens = float(np.mean([len(r.token_ids) for r in replies]))
-    n = len(batch)
-    rows.append({"mode": "in-process batch", "concurrency": n, "requests": n, "rps": n / wall, "tokens": tokens})
-    return rows
 
 
 def timed_events(events: Any) -> dict[str, float]:
@@ -143,7 +134,7 @@ async def one_request(client: Any, url: str, body: dict[str, Any]) -> dict[str, 
             audio = (event["choices"][0]["delta"].get("audio") or {}) if event["choices"] else {}
             if audio.get("data"):
                 first, chunks = first or time.perf_counter() - start, chunks + 1
-            tokens = event.get("usage", {}).get("completion_tokens", tokens)
+            tokens = (event.get("usage") or {}).get("completion_tokens", tokens)
     return {"total": time.perf_counter() - start, "first_audio": first or 0.0, "chunks": chunks, "tokens": tokens}
 
 
@@ -163,8 +154,8 @@ async def serve_level(url: str, bodies: list[dict[str, Any]], concurrency: int) 
         return list(runs), time.perf_counter() - start
 
 
-def serve_rows(args: argparse.Namespace, batching: bool, data: list, url: str) -> list[dict[str, Any]]:
-    """Deploy the app (batching on or off), warm it, measure every concurrency level, delete it."""
+def deploy_apps() -> None:
+    """Tiny-preset apps from ``serve/configs/local.yaml``: batching on at ``/on``, off at ``/off``."""
     from ray import serve
 
     from serve.app import build_app
@@ -173,42 +164,124 @@ def serve_rows(args: argparse.Namespace, batching: bool, data: list, url: str) -
     raw = yaml.safe_load(Path("serve/configs/local.yaml").read_text())["applications"][0]["args"]
     raw["model"].update(config="tiny", device="cpu")
     raw["limits"].update(max_audio_seconds=8, max_concurrent_requests=64)
-    raw["batching"] = batching
     for options in raw["deployments"].values():
         options.pop("autoscaling_config", None)
         options["num_replicas"] = 1
-    serve.run(build_app(ServeArgs.model_validate(raw)), name="bench", route_prefix="/")
+        options["ray_actor_options"]["num_cpus"] /= 2  # two apps on 2 logical CPUs; one is busy at a time
+    for mode in MODES:
+        args = ServeArgs.model_validate({**raw, "batching": mode == "on"})
+        serve.run(build_app(args), name=f"bench-{mode}", route_prefix=f"/{mode}")
+
+
+def healthz_ms(url: str, n: int = 20) -> float:
+    """Median HTTP round trip of ``GET /healthz``: one proxy → gateway hop on this machine right now."""
+    import httpx
+
+    times = []
+    with httpx.Client(timeout=30) as client:
+        for _ in range(n):
+            start = time.perf_counter()
+            client.get(f"{url}/on/healthz").raise_for_status()
+            times.append(time.perf_counter() - start)
+    return float(np.median(times) * 1000)
+
+
+def paired_c1(responder: Any, data: list, bodies: list, url: str, max_tokens: int) -> tuple[list, dict]:
+    """Each request in-process, then through ``/on`` and ``/off``, back to back (concurrency 1)."""
+    runs: dict[str, list[dict[str, float]]] = {"in-process": [], "on": [], "off": []}
+    bare_hop = healthz_ms(url)
+    for (x, rate), body in zip(data, bodies, strict=True):
+        dialogue = [Message("user", audio=AudioInput(x, rate))]
+        runs["in-process"].append(timed_events(responder.stream([dialogue], max_new_tokens=max_tokens)))
+        for mode in MODES:
+            runs[mode] += asyncio.run(serve_level(f"{url}/{mode}", [body], 1))[0]
+    rows = [
+        summarize(name if name == "in-process" else f"serve batching {name}", 1, r, sum(x["total"] for x in r))
+        for name, r in runs.items()
+    ]
+    hops = 4 + np.array([r["chunks"] for r in runs["on"]])
+    extra = np.array([s["total"] - p["total"] for s, p in zip(runs["on"], runs["in-process"], strict=True)])
+    summary = {"overhead_per_hop_ms": float(np.median(extra * 1000 / hops)), "hops_per_request": float(hops.mean())}
+    return rows, {**summary, "healthz_round_trip_ms": (bare_hop + healthz_ms(url)) / 2}
+
+
+def alternating(args: argparse.Namespace, bodies: list, url: str, concurrency: int) -> list[dict[str, Any]]:
+    """One level through ``/on`` and ``/off`` in turn, ``--repeats`` times; runs and wall times pooled."""
+    n = max(args.requests, 2 * concurrency)
+    level = (bodies * (n // len(bodies) + 1))[:n]
+    runs: dict[str, list] = {m: [] for m in MODES}
+    wall = dict.fromkeys(MODES, 0.0)
+    for _ in range(args.repeats):
+        for mode in MODES:
+            got, seconds = asyncio.run(serve_level(f"{url}/{mode}", level, concurrency))
+            runs[mode] += got
+            wall[mode] += seconds
+    return [summarize(f"serve batching {m}", concurrency, runs[m], wall[m]) for m in MODES]
+
+
+def in_process_batch(responder: Any, data: list, max_tokens: int) -> dict[str, Any]:
+    """16 requests as one ``Responder`` batch: the library's own batching, no Serve."""
+    batch = [[Message("user", audio=AudioInput(x, rate))] for x, rate in data[:16]]
+    start = time.perf_counter()
+    replies = responder.respond(batch, max_new_tokens=max_tokens)
+    wall, n = time.perf_counter() - start, len(batch)
+    tokens = float(np.mean([len(r.token_ids) for r in replies]))
+    return {"mode": "in-process batch", "concurrency": n, "requests": n, "rps": n / wall, "tokens": tokens}
+
+
+def cpu_benchmark(args: argparse.Namespace) -> dict[str, Any]:
+    """Tiny preset: paired concurrency-1 runs, then alternating on/off levels."""
+    import ray
+    import torch
+    from ray import serve
+
+    torch.set_num_threads(1)
+    load_before = os.getloadavg()
+    data = clips(max(args.requests, 2 * max(args.concurrency)))
     bodies = [chat_body(x, rate, args.max_tokens) for x, rate in data]
-    asyncio.run(serve_level(url, bodies[:4], 2))  # warm-up: imports, first batches
-    rows = []
-    for c in args.concurrency:
-        n = max(args.requests, 2 * c)
-        runs, wall = asyncio.run(serve_level(url, (bodies * (n // len(bodies) + 1))[:n], c))
-        rows.append(summarize(f"serve batching {'on' if batching else 'off'}", c, runs, wall))
-        print(rows[-1], flush=True)
-    serve.delete("bench")
-    return rows
+    responder = build_responder(load_config("tiny").model)
+    env = {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
+    ray.init(address="local", num_cpus=2, include_dashboard=False, runtime_env={"env_vars": env}, log_to_driver=False)
+    serve.start(http_options={"host": "127.0.0.1", "port": args.port})
+    url = f"http://127.0.0.1:{args.port}"
+    try:
+        deploy_apps()
+        for mode in MODES:  # warm-up: imports, first batches
+            asyncio.run(serve_level(f"{url}/{mode}", bodies[:4], 2))
+        timed_events(responder.stream([[Message("user", audio=AudioInput(*data[0]))]]))
+        rows, summary = paired_c1(responder, data[: args.requests], bodies[: args.requests], url, args.max_tokens)
+        rows.append(in_process_batch(responder, data, args.max_tokens))
+        for c in (c for c in args.concurrency if c > 1):
+            rows += alternating(args, bodies, url, c)
+            print(rows[-2:], flush=True)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    summary = {**summary, **ratios(rows)}
+    summary["met"] = _met(summary)
+    load = {"before": load_before, "after": os.getloadavg(), "cpus": os.cpu_count()}
+    print_table(rows, summary)
+    print(f"load average (1, 5, 15 min) before {load['before']}, after {load['after']} on {load['cpus']} CPUs")
+    return {"preset": "tiny", "max_tokens": args.max_tokens, "rows": rows, "summary": summary, "load_average": load}
 
 
 def ratios(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """The three target ratios from the measured rows."""
+    """Batching speedup at the highest concurrency and the first-audio share at concurrency 1."""
     pick = {(r["mode"], r["concurrency"]): r for r in rows}
-    local, on1 = pick.get(("in-process", 1)), pick.get(("serve batching on", 1))
-    out: dict[str, Any] = {}
-    if local and on1:
-        hops = 4 + on1["audio_chunks"]
-        out["overhead_per_hop_ms"] = (on1["p50_ms"] - local["p50_ms"]) / hops
-        out["hops_per_request"] = hops
     top = max(r["concurrency"] for r in rows if r["mode"].startswith("serve"))
+    out: dict[str, Any] = {"first_audio_share": pick[("serve batching on", 1)]["first_audio_share"]}
     on, off = pick.get(("serve batching on", top)), pick.get(("serve batching off", top))
-    if on and off:
+    if on and off and top > 1:
         out[f"batching_speedup_c{top}"] = on["rps"] / off["rps"]
-    if on1:
-        out["first_audio_share"] = on1["first_audio_share"]
-    checks = {
-        k: (v <= TARGETS[k] if k != "batching_speedup_c16" else v >= TARGETS[k]) for k, v in out.items() if k in TARGETS
+    return out
+
+
+def _met(summary: dict[str, Any]) -> dict[str, bool]:
+    return {
+        k: (summary[k] >= t if k.startswith("batching") else summary[k] <= t)
+        for k, t in TARGETS.items()
+        if k in summary
     }
-    return {**out, "targets": TARGETS, "met": checks}
 
 
 def print_table(rows: list[dict[str, Any]], summary: dict[str, Any]) -> None:
@@ -217,29 +290,28 @@ def print_table(rows: list[dict[str, Any]], summary: dict[str, Any]) -> None:
     print(header + "\n" + "-" * len(header))
     for r in rows:
         cells = [r.get(k) for k in ("p50_ms", "p99_ms", "first_audio_p50_ms", "first_audio_share", "rps")]
+        widths, places = (9, 9, 10, 7, 8), (1, 1, 1, 2, 2)
         text = "".join(
-            f"{v:>{w}.{p}f}" if v is not None else " " * w
-            for v, w, p in zip(cells, (9, 9, 10, 7, 8), (1, 1, 1, 2, 2), strict=True)
+            " " * w if v is None else f"{v:>{w}.{p}f}" for v, w, p in zip(cells, widths, places, strict=True)
         )
         print(f"{r['mode']:<22}{r['concurrency']:>5}{r['requests']:>5}{text}")
     for key, value in summary.items():
-        if key not in ("targets", "met"):
-            target = TARGETS.get(key)
-            verdict = "" if target is None else f"  (target {target}: {'met' if summary['met'][key] else 'NOT met'})"
-            print(f"{key}: {value:.3f}{verdict}")
+        if key in TARGETS:
+            print(f"{key}: {value:.3f}  (target {TARGETS[key]}: {'met' if summary['met'][key] else 'NOT met'})")
+        elif key != "met":
+            print(f"{key}: {value:.3f}")
 
 
 def gpu_paper_reduced(args: argparse.Namespace) -> dict[str, Any]:
-    """In-process reply on one GPU with paper widths (2 layers per stack): time to first audio."""
+    """In-process replies on one GPU with paper widths (2 layers per stack): time to first audio."""
     import torch
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():
-        print(
-            "--gpu-paper-reduced needs a CUDA GPU, and none is visible (torch.cuda.is_available() is False)",
-            file=sys.stderr,
-        )
+        message = "--gpu-paper-reduced needs a CUDA GPU, and none is visible (torch.cuda.is_available() is False)"
+        print(message, file=sys.stderr)
         raise SystemExit(2)
-    cfg = load_config("paper", [*REDUCED_PAPER, f"model.generation.max_new_tokens={args.max_tokens}"])
+    tokens = f"model.generation.max_new_tokens={args.max_tokens}"
+    cfg = load_config("paper", [*REDUCED_PAPER, tokens, *args.overrides])
     responder = build_responder(cfg.model, device=args.device)
     dialogues = [[Message("user", audio=AudioInput(x, rate))] for x, rate in clips(max(args.requests, 3))]
     timed_events(responder.stream(dialogues[:1]))  # warm-up (kernels, allocator)
@@ -247,7 +319,7 @@ def gpu_paper_reduced(args: argparse.Namespace) -> dict[str, Any]:
     row = summarize(f"paper-reduced {args.device}", 1, runs, sum(r["total"] for r in runs))
     print_table([row], {})
     print(f"time to first audio p50: {row['first_audio_p50_ms']:.1f} ms of {row['p50_ms']:.1f} ms per reply")
-    return {"rows": [row], "config": REDUCED_PAPER}
+    return {"rows": [row], "config": [*REDUCED_PAPER, tokens, *args.overrides], "device": args.device}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -259,32 +331,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     out.write_text(json.dumps(result, indent=2))
     print(f"wrote {out}")
     return result
-
-
-def cpu_benchmark(args: argparse.Namespace) -> dict[str, Any]:
-    """Tiny preset: in-process rows, then Serve with batching on and off."""
-    import ray
-    import torch
-    from ray import serve
-
-    torch.set_num_threads(1)
-    data = clips(max(args.requests, 2 * max(args.concurrency)))
-    responder = build_responder(load_config("tiny").model)
-    timed_events(responder.stream([[Message("user", audio=AudioInput(*data[0]))]]))  # warm-up
-    rows = in_process(responder, data[: args.requests], args.max_tokens)
-    env = {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
-    ray.init(address="local", num_cpus=2, include_dashboard=False, runtime_env={"env_vars": env}, log_to_driver=False)
-    serve.start(http_options={"host": "127.0.0.1", "port": args.port})
-    try:
-        url = f"http://127.0.0.1:{args.port}"
-        for batching in (True, False):
-            rows += serve_rows(args, batching, data, url)
-    finally:
-        serve.shutdown()
-        ray.shutdown()
-    summary = ratios(rows)
-    print_table(rows, summary)
-    return {"preset": "tiny", "max_tokens": args.max_tokens, "rows": rows, "summary": summary}
 
 
 if __name__ == "__main__":

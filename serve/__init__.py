@@ -1,0 +1,6 @@
+"""Ray Serve app of the FreezeEmpath platform: OpenAI-compatible gateway over the pipeline deployments.
+
+Run from the repository root::
+
+    serve run serve/configs/local.yaml
+"""

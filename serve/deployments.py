@@ -1,0 +1,204 @@
+"""Ray Serve deployments of the pipeline steps; each method calls ``freezeempath.inference`` code.
+
+What crosses each hop (all CPU tensors, pickled by Ray)::
+
+    Gateway ──clip (N,) 16 kHz──▶ SpeechUnderstanding ──ClipFeatures: S (L_S, D), E (1, D), emotion──▶ Gateway
+    Gateway ──GenerationRequest──▶ SpeechDecoder.stream ──[requests of one batch]──▶ LLM.generate
+    LLM.generate ──per round: TextGroup | None per stream (≤ R tokens, pieces, hidden (k, D))──▶ SpeechDecoder
+    SpeechDecoder.stream ──SpeechChunk (text, ≤ W units, finish)──▶ Gateway
+    Gateway ──VocodeRequest (state, units)──▶ Vocoder ──VocodeResult (audio at 24 kHz, state)──▶ Gateway
+
+``SpeechUnderstanding`` and ``Vocoder`` batch with ``@serve.batch``; ``SpeechDecoder`` groups queued
+streams into sessions, each driving one LLM stream for all its replies in lockstep (so the LLM batches
+too). Each stream's decoder KV cache is a row of its session's cache and is freed when the session
+ends. Run with::
+
+    serve run serve/configs/local.yaml
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import AsyncIterator
+from typing import Any
+
+import torch
+from freezeempath.config import Config
+from freezeempath.inference.llm_session import GenerationRequest, LLMSession, TextGroup
+from freezeempath.inference.parts import build_codec_part, build_decoder_part, build_llm_part, build_understander
+from freezeempath.inference.speech_session import SpeechChunk, SpeechSession
+from freezeempath.inference.understanding import ClipFeatures, understand_clips
+from freezeempath.inference.vocode import VocodeRequest, VocodeResult, vocode_batch
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from serve.schemas import CONCURRENT_BATCHES, Batching, ModelArgs
+
+log = logging.getLogger("ray.serve")
+
+
+def _setup(model: ModelArgs) -> tuple[Config, str]:
+    torch.set_num_threads(model.torch_threads)
+    return model.resolve(), model.torch_device()
+
+
+def _configure(method: Any, batching: Batching) -> None:
+    method.set_max_batch_size(batching.max_batch_size)
+    method.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)
+
+
+@serve.deployment
+class SpeechUnderstanding:
+    """Encoder + adapter + emotion extractor: one clip in, its S rows, E and emotion out (batched)."""
+
+    def __init__(self, model: ModelArgs, batching: Batching) -> None:
+        cfg, device = _setup(model)
+        self.part = build_understander(cfg.model, model.weights, device)
+        _configure(self.understand_batch, batching)
+
+    async def understand(self, clip: torch.Tensor) -> ClipFeatures:
+        """Mono 16 kHz clip ``(N,)`` (checked by the gateway) → :class:`ClipFeatures`."""
+        result = await self.understand_batch(clip)
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005, max_concurrent_batches=CONCURRENT_BATCHES)
+    async def understand_batch(self, clips: list[torch.Tensor]) -> list[ClipFeatures | Exception]:
+        """One encoder pass for all queued clips; a failing clip fails alone."""
+        return await asyncio.to_thread(self._each, clips)
+
+    def _each(self, clips: list[torch.Tensor]) -> list[ClipFeatures | Exception]:
+        try:
+            return list(understand_clips(self.part, clips, output_device="cpu"))
+        except ValueError as err:
+            if len(clips) == 1:
+                return [err]
+            return [self._each([clip])[0] for clip in clips]
+
+
+@serve.deployment
+class LLM:
+    """The frozen LLM: a batch of requests in, rounds of per-stream token groups out (streaming)."""
+
+    def __init__(self, model: ModelArgs) -> None:
+        cfg, device = _setup(model)
+        self.llm, self.stop_ids = build_llm_part(cfg.model, device)
+        self.read, self.top_p = cfg.model.speech_decoder.read, cfg.model.generation.top_p
+
+    async def generate(self, requests: list[GenerationRequest]) -> AsyncIterator[list[TextGroup | None]]:
+        """Yield each round's groups (one entry per request) until every reply has ended."""
+        session = await asyncio.to_thread(LLMSession, self.llm, self.stop_ids, requests, self.read, self.top_p, "cpu")
+        while (groups := await asyncio.to_thread(session.step)) is not None:
+            yield groups
+
+
+@serve.deployment
+class SpeechDecoder:
+    """Streaming speech decoder: consumes the LLM's rounds, yields (text, ≤ W units) chunks per stream.
+
+    Streams wait in a queue; a session (one LLM stream + one batched decoder, each reply a cache row)
+    starts when one of ``max_concurrent_batches`` slots is free and takes up to ``max_batch_size`` queued
+    streams after ``batch_wait_timeout_s``. Forming the batch only when a slot frees (``@serve.batch``
+    forms it as soon as its wait ends) lets the streams that queued behind a running session share the
+    next one. Batching off: every reply is a session of its own, up to ``DECODER_SESSIONS`` side by side.
+    """
+
+    def __init__(self, llm: DeploymentHandle, model: ModelArgs, batching: Batching) -> None:
+        cfg, device = _setup(model)
+        self.decoder = build_decoder_part(cfg.model, model.weights, device)
+        self.llm = llm.options(stream=True)
+        sd = cfg.model.speech_decoder
+        self.read, self.write, self.max_units = sd.read, sd.write, sd.max_units
+        self.unit_temperature = cfg.model.generation.unit_temperature
+        self.batching = batching
+        self.waiting: deque[tuple[GenerationRequest, asyncio.Queue]] = deque()
+        self.sessions: set[asyncio.Task] = set()
+        self.opening = False  # a session is gathering its batch
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[SpeechChunk]:
+        """One reply's chunks; the last one carries ``finish_reason`` (or ``error``)."""
+        outbox: asyncio.Queue = asyncio.Queue()
+        self.waiting.append((request, outbox))
+        self._admit()
+        while (item := await outbox.get()) is not _END:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def _admit(self) -> None:
+        """Open a session if streams wait, a slot is free and no other session is gathering."""
+        if self.waiting and not self.opening and len(self.sessions) < self.batching.max_concurrent_batches:
+            self.opening = True
+            task = asyncio.get_running_loop().create_task(self._session())
+            self.sessions.add(task)
+            task.add_done_callback(self._session_done)
+
+    def _session_done(self, task: asyncio.Task) -> None:
+        self.sessions.discard(task)
+        self._admit()
+
+    async def _session(self) -> None:
+        try:
+            if len(self.waiting) < self.batching.max_batch_size:
+                await asyncio.sleep(self.batching.batch_wait_timeout_s)
+            size = min(self.batching.max_batch_size, len(self.waiting))
+            batch = [self.waiting.popleft() for _ in range(size)]
+        finally:
+            self.opening = False
+        self._admit()  # streams still waiting may open the next session now
+        try:
+            async for chunks in self._rounds([request for request, _ in batch]):
+                for (_, outbox), chunk in zip(batch, chunks, strict=True):
+                    if chunk is not None:
+                        outbox.put_nowait(chunk)
+                        if chunk.finish_reason is not None or chunk.error is not None:
+                            outbox.put_nowait(_END)
+        except Exception as err:  # a failed session fails its streams, never the replica
+            for _, outbox in batch:
+                outbox.put_nowait(err)
+        finally:
+            for _, outbox in batch:
+                outbox.put_nowait(_END)
+
+    async def _rounds(self, requests: list[GenerationRequest]) -> AsyncIterator[list[SpeechChunk | None]]:
+        """Lockstep rounds: one LLM stream for all requests, one decoder cache row per reply."""
+        if not requests:
+            return
+        session = SpeechSession(
+            self.decoder,
+            [r.speech_output for r in requests],
+            self.read,
+            self.write,
+            self.max_units,
+            self.unit_temperature,
+            [r.seed for r in requests],
+        )
+        async for groups in self.llm.generate.remote(requests):
+            yield await asyncio.to_thread(session.round, groups)
+        while not session.done:
+            yield await asyncio.to_thread(session.round, None)
+
+
+_END = object()  # end of one stream's chunks
+
+
+@serve.deployment
+class Vocoder:
+    """Units → audio at the output rate, batched across streams; the stream state travels with requests."""
+
+    def __init__(self, model: ModelArgs, batching: Batching, output_rate: int) -> None:
+        cfg, device = _setup(model)
+        self.codec, self.output_rate = build_codec_part(cfg.model, device), output_rate
+        _configure(self.vocode_batch, batching)
+
+    async def vocode(self, request: VocodeRequest) -> VocodeResult:
+        """One chunk of one stream."""
+        return await self.vocode_batch(request)
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005, max_concurrent_batches=CONCURRENT_BATCHES)
+    async def vocode_batch(self, requests: list[VocodeRequest]) -> list[VocodeResult]:
+        """Chunks of several streams; equal shapes share one synthesis."""
+        return await asyncio.to_thread(vocode_batch, self.codec, requests, self.output_rate)

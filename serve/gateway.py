@@ -1,0 +1,390 @@
+"""OpenAI-compatible HTTP ingress (FastAPI via ``@serve.ingress``): auth, limits, chat, SSE, audio ids.
+
+In: HTTP requests (``docs/api-shapes.md`` §1–§3). Out: JSON or SSE ``chat.completion.chunk`` events.
+Endpoints: ``GET /healthz``; ``GET /v1/models``; ``POST /v1/chat/completions`` (text and ``input_audio``
+wav/mp3/flac in; text, or audio + transcript out; ``stream: true`` sends transcript pieces and 24 kHz
+pcm16 chunks as they are vocoded); ``POST /v1/audio/emotion`` (extension: ``{"input_audio": {"data",
+"format"}}`` → ``{"object": "audio.emotion", "label", "scores"}``). Replies carry the detected emotion in
+``x_emotion`` (non-streaming body; first chunk when streaming) and timings in ``x_timing``.
+
+Errors are ``{"error": {"message", "type", "param", "code"}}``: bad input 400 (library ``ValueError`` too),
+bad key 401, body too large 413, over ``max_concurrent_requests`` 429 + ``Retry-After``, a full inner
+queue (``max_queued_requests`` of a deployment) 503 + ``Retry-After``, unknown route 404, anything else
+500 with ``x-should-retry: false``; a failure after streaming began is sent as ``data: {"error": …}``.
+Each reply logs its time to first audio and total time (logger ``ray.serve``)::
+
+    serve run serve/configs/local.yaml
+    curl -s 127.0.0.1:8765/v1/models -H "Authorization: Bearer $KEY"
+"""
+
+# No ``from __future__ import annotations`` here: FastAPI must see real classes (``Request``) in the
+# signatures of the ingress methods, which Serve rewraps; string annotations make it a query parameter.
+import asyncio
+import base64
+import hmac
+import json
+import logging
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import torch
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from freezeempath.inference.audio_io import encode_audio, pcm16_bytes
+from freezeempath.inference.dialogue import EmotionResult, prepare_dialogue
+from freezeempath.inference.speech_session import SpeechChunk
+from freezeempath.inference.understanding import ClipFeatures, generation_request
+from freezeempath.inference.vocode import VocodeRequest
+from pydantic import BaseModel, ValidationError
+from ray import serve
+from ray.serve.exceptions import BackPressureError
+from ray.serve.handle import DeploymentHandle
+from starlette.exceptions import HTTPException
+
+from serve.schemas import (
+    ApiError,
+    ChatCompletionRequest,
+    ChatPlan,
+    EmotionRequest,
+    ServeArgs,
+    StoredAudio,
+    audio_input,
+    chat_plan,
+)
+
+log = logging.getLogger("ray.serve")
+app = FastAPI(title="FreezeEmpath", docs_url=None, redoc_url=None)
+Body = TypeVar("Body", bound=BaseModel)
+
+
+@app.exception_handler(ApiError)
+async def _api_error(_: Request, err: ApiError) -> JSONResponse:
+    return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
+
+
+@app.exception_handler(HTTPException)
+async def _http_error(_: Request, err: HTTPException) -> JSONResponse:
+    return JSONResponse(ApiError(err.status_code, str(err.detail)).body(), status_code=err.status_code)
+
+
+@app.exception_handler(ValueError)
+async def _bad_value(_: Request, err: ValueError) -> JSONResponse:
+    """The library's ``ValueError`` names bad input (a replica's arrives wrapped; its ``cause`` is the original)."""
+    return JSONResponse(ApiError(400, str(getattr(err, "cause", err))).body(), status_code=400)
+
+
+@app.exception_handler(BackPressureError)
+async def _overloaded(_: Request, err: BackPressureError) -> JSONResponse:
+    body = ApiError(503, "the model is overloaded; retry shortly", type="server_error", code="overloaded").body()
+    return JSONResponse(body, status_code=503, headers={"Retry-After": "1"})
+
+
+@app.exception_handler(Exception)
+async def _server_error(_: Request, err: Exception) -> JSONResponse:
+    body = ApiError(500, f"internal error: {type(err).__name__}", type="server_error").body()
+    return JSONResponse(body, status_code=500, headers={"x-should-retry": "false"})
+
+
+def check_api_key(authorization: str | None, keys: frozenset[str]) -> None:
+    """Accept any request when no keys are configured; else require ``Authorization: Bearer <key>``."""
+    if not keys:
+        return
+    scheme, _, token = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not any(hmac.compare_digest(token.strip(), k) for k in keys):
+        raise ApiError(
+            401,
+            "invalid or missing API key (send Authorization: Bearer <key>)",
+            code="invalid_api_key",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, refused with 413 once it passes ``limit`` bytes (before reading it all when declared)."""
+    declared = request.headers.get("content-length", "")
+    too_large = ApiError(413, f"request body exceeds the limit of {limit} bytes", code="request_too_large")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large
+    parts, total = [], 0
+    async for part in request.stream():
+        total += len(part)
+        if total > limit:
+            raise too_large
+        parts.append(part)
+    return b"".join(parts)
+
+
+def parse(model: type[Body], body: bytes) -> Body:
+    """Validate a JSON body; the first problem becomes a 400 naming its field."""
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(x) for x in first["loc"])
+        raise ApiError(400, f"{where}: {first['msg']}" if where else first["msg"], param=where or None) from None
+
+
+class AudioStore:
+    """Assistant audio ids → :class:`StoredAudio` until they expire (oldest dropped past ``capacity``)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity, self.items = capacity, OrderedDict[str, StoredAudio]()
+
+    def put(self, audio_id: str, item: StoredAudio) -> None:
+        """Keep ``item``; drops expired and excess entries."""
+        now = time.time()
+        for key in [k for k, v in self.items.items() if v.expires_at < now]:
+            del self.items[key]
+        self.items[audio_id] = item
+        while len(self.items) > self.capacity:
+            self.items.popitem(last=False)
+
+    def get(self, audio_id: str) -> StoredAudio | None:
+        """The stored reply, or None when unknown or expired."""
+        item = self.items.get(audio_id)
+        return item if item is not None and item.expires_at >= time.time() else None
+
+
+@dataclass
+class Reply:
+    """One chat reply in flight."""
+
+    chat: ChatCompletionRequest
+    plan: ChatPlan
+    emotion: EmotionResult | None
+    stream: Any
+    first: SpeechChunk
+    audio_rows: int
+    started: float
+    id: str = field(default_factory=lambda: f"chatcmpl-{uuid.uuid4().hex}")
+    audio_id: str = field(default_factory=lambda: f"audio_{uuid.uuid4().hex}")
+    created: int = field(default_factory=lambda: int(time.time()))
+    first_audio: float | None = None
+    finished: bool = False
+    transcript: str = ""
+    tokens: int = 0
+    units: int = 0
+    finish: str = "stop"
+
+
+def _data(obj: dict[str, Any]) -> str:
+    """One SSE event."""
+    return f"data: {json.dumps(obj, separators=(',', ':'))}\n\n"
+
+
+def _emotion(e: EmotionResult | None) -> dict[str, Any] | None:
+    return {"label": e.label.value, "scores": e.scores} if e is not None else None
+
+
+# Everything the routes use is defined above: @serve.ingress snapshots the app when the class is made.
+@serve.deployment
+@serve.ingress(app)
+class Gateway:
+    """The HTTP ingress; holds handles to understanding, decoder and vocoder, and the audio-id store."""
+
+    def __init__(
+        self, understanding: DeploymentHandle, decoder: DeploymentHandle, vocoder: DeploymentHandle, args: ServeArgs
+    ) -> None:
+        self.args, self.keys, self.limits = args, args.keys(), args.limits
+        gen = args.model.resolve().model
+        self.max_seconds = min(args.limits.max_audio_seconds, gen.encoder.max_input_seconds)
+        self.temperature, self.seed = gen.generation.temperature, gen.generation.seed
+        self.understanding, self.decoder, self.vocoder = understanding, decoder.options(stream=True), vocoder
+        self.store, self.clips = AudioStore(args.limits.max_stored_audio), OrderedDict[str, ClipFeatures]()
+        self.active = 0
+
+    @app.get("/healthz")
+    async def healthz(self) -> dict[str, Any]:
+        """Liveness (no auth)."""
+        return {"status": "ok", "active_requests": self.active}
+
+    @app.get("/v1/models")
+    async def models(self, request: Request) -> dict[str, Any]:
+        """The one public model id."""
+        check_api_key(request.headers.get("authorization"), self.keys)
+        entry = {"id": self.args.model_id, "object": "model", "created": 0, "owned_by": "freezeempath"}
+        return {"object": "list", "data": [entry]}
+
+    @app.post("/v1/audio/emotion")
+    async def emotion(self, request: Request) -> dict[str, Any]:
+        """Detected emotion of one clip."""
+        check_api_key(request.headers.get("authorization"), self.keys)
+        body = parse(EmotionRequest, await read_body(request, self.limits.max_body_bytes))
+        clip, key = audio_input(body.input_audio, "input_audio", self.max_seconds)
+        features = await self._understand([torch.as_tensor(clip.samples)], [key])
+        return {"object": "audio.emotion", **(_emotion(features[0].emotion_result) or {})}
+
+    @app.post("/v1/chat/completions")
+    async def chat(self, request: Request) -> Response:
+        """Chat completion, streamed (SSE) or whole."""
+        check_api_key(request.headers.get("authorization"), self.keys)
+        chat = parse(ChatCompletionRequest, await read_body(request, self.limits.max_body_bytes))
+        if self.active >= self.limits.max_concurrent_requests:
+            retry = {"Retry-After": str(self.limits.retry_after_s)}
+            message = "too many concurrent requests; retry shortly"
+            raise ApiError(429, message, type="rate_limit_error", code="rate_limit_exceeded", headers=retry)
+        self.active += 1
+        streaming = False
+        try:
+            reply = await self._start(chat, time.perf_counter())
+            if chat.stream:
+                streaming = True  # the stream releases its slot when it ends
+                return StreamingResponse(self._sse(reply), media_type="text/event-stream")
+            return JSONResponse(await self._complete(reply))
+        finally:
+            if not streaming:
+                self.active -= 1
+
+    async def _start(self, chat: ChatCompletionRequest, started: float) -> Reply:
+        plan = chat_plan(chat, self.args, self.store.get, self.max_seconds)
+        try:
+            prepared = prepare_dialogue(plan.messages, self.max_seconds)
+        except ValueError as err:
+            raise ApiError(400, str(err), param="messages") from None
+        features = await self._understand(prepared.clips, plan.clip_keys)
+        request = generation_request(
+            prepared,
+            features,
+            max_new_tokens=plan.max_new_tokens,
+            temperature=self.temperature if chat.temperature is None else chat.temperature,
+            seed=self.seed if chat.seed is None else chat.seed,
+            speech_output=plan.audio_out,
+            system_prompt=plan.system_prompt,
+        )
+        stream = self.decoder.stream.remote(request)
+        first = await stream.__anext__()  # a ValueError here is answered 400 by the app's handler
+        if first.error is not None:
+            raise ApiError(400, first.error, param="messages")
+        emotion = features[-1].emotion_result if plan.messages[-1].audio is not None else None
+        rows = sum(f.speech.shape[0] + 1 for f in features)
+        return Reply(chat, plan, emotion, stream, first, rows, started)
+
+    async def _understand(self, clips: list[torch.Tensor], keys: list[str]) -> list[ClipFeatures]:
+        """Clip features, from the content-hash cache or one understanding call per clip (batched there)."""
+        todo = [i for i, k in enumerate(keys) if k not in self.clips]
+        found = await asyncio.gather(*(self.understanding.understand.remote(clips[i]) for i in todo))
+        fresh = dict(zip((keys[i] for i in todo), found, strict=True))
+        result = [fresh[k] if k in fresh else self.clips[k] for k in keys]
+        for key, features in zip(keys, result, strict=True):
+            self.clips[key] = features
+            self.clips.move_to_end(key)
+        while len(self.clips) > self.limits.clip_cache_size:
+            self.clips.popitem(last=False)
+        return result
+
+    async def _parts(self, reply: Reply) -> AsyncIterator[tuple[SpeechChunk, torch.Tensor | None]]:
+        """Decoder chunks, each with its audio once vocoded (the first audio leaves after W units)."""
+        chunk, state = reply.first, None
+        while True:
+            if chunk.error is not None:
+                raise RuntimeError(chunk.error)
+            final, audio = chunk.finish_reason is not None, None
+            if reply.plan.audio_out and (chunk.units or final):
+                result = await self.vocoder.vocode.remote(VocodeRequest(state, chunk.units, final=final))
+                state, audio = result.state, result.audio
+                if audio.numel() and reply.first_audio is None:
+                    reply.first_audio = time.perf_counter() - reply.started
+            reply.transcript += chunk.text
+            reply.tokens, reply.units = reply.tokens + len(chunk.token_ids), reply.units + len(chunk.units)
+            yield chunk, audio
+            if final:
+                reply.finish, reply.finished = chunk.finish_reason.value, True  # type: ignore[union-attr]
+                return
+            chunk = await reply.stream.__anext__()
+
+    async def _complete(self, reply: Reply) -> dict[str, Any]:
+        try:
+            audio = [a async for _, a in self._parts(reply) if a is not None]
+        finally:
+            if not reply.finished:
+                reply.stream.cancel()
+        message: dict[str, Any] = {"role": "assistant", "content": reply.transcript, "refusal": None}
+        if reply.plan.audio_out:
+            fmt = reply.plan.audio_format or "wav"
+            data = encode_audio(torch.cat(audio) if audio else torch.zeros(0), self.args.output_sample_rate, fmt)
+            expires = self._store(reply)
+            message["content"] = None
+            message["audio"] = {
+                "id": reply.audio_id,
+                "data": base64.b64encode(data).decode(),
+                "expires_at": expires,
+                "transcript": reply.transcript,
+            }
+        total = self._log(reply, stream=False)
+        return {
+            **self._envelope(reply, "chat.completion"),
+            "choices": [{"index": 0, "message": message, "finish_reason": reply.finish, "logprobs": None}],
+            "usage": self._usage(reply),
+            "x_emotion": _emotion(reply.emotion),
+            "x_timing": {"first_audio_s": reply.first_audio, "total_s": total},
+        }
+
+    async def _sse(self, reply: Reply) -> AsyncIterator[str]:
+        audio_out = reply.plan.audio_out
+        try:
+            yield self._event(reply, {"role": "assistant", "content": None}, x_emotion=_emotion(reply.emotion))
+            async for chunk, audio in self._parts(reply):
+                if chunk.text:
+                    delta = {"audio": {"id": reply.audio_id, "transcript": chunk.text}} if audio_out else {}
+                    yield self._event(reply, delta or {"content": chunk.text})
+                if audio is not None and audio.numel():
+                    data = base64.b64encode(pcm16_bytes(audio)).decode()
+                    yield self._event(reply, {"audio": {"id": reply.audio_id, "data": data}})
+            if audio_out:
+                yield self._event(reply, {"audio": {"id": reply.audio_id, "expires_at": self._store(reply)}})
+            yield self._event(reply, {}, finish_reason=reply.finish)
+            options = reply.chat.stream_options
+            if options is not None and options.include_usage:
+                usage = {"choices": [], "usage": self._usage(reply)}
+                yield _data({**self._envelope(reply, "chat.completion.chunk"), **usage})
+            yield "data: [DONE]\n\n"
+            self._log(reply, stream=True)
+        except Exception as err:  # after the 200 began: report in-band, as the SDK expects
+            log.exception("chat %s failed mid-stream", reply.id)
+            yield _data({"error": {"message": str(err), "type": "server_error", "param": None, "code": None}})
+        finally:
+            self.active -= 1
+            if not reply.finished:  # client gone or failure: stop this stream's generator chain
+                reply.stream.cancel()
+
+    def _store(self, reply: Reply) -> int:
+        expires = int(time.time()) + self.limits.audio_ttl_s
+        voice = reply.plan.voice or ""
+        label = reply.emotion.label.value if reply.emotion else None
+        self.store.put(reply.audio_id, StoredAudio(reply.transcript, expires, voice, label, reply.units))
+        return expires
+
+    def _envelope(self, reply: Reply, obj: str) -> dict[str, Any]:
+        return {"id": reply.id, "object": obj, "created": reply.created, "model": reply.chat.model}
+
+    def _event(self, reply: Reply, delta: dict[str, Any], finish_reason: str | None = None, **extra: Any) -> str:
+        choice = {"index": 0, "delta": delta, "finish_reason": finish_reason}
+        return _data({**self._envelope(reply, "chat.completion.chunk"), "choices": [choice], **extra})
+
+    def _usage(self, reply: Reply) -> dict[str, Any]:
+        prompt = reply.first.prompt_tokens
+        return {
+            "prompt_tokens": prompt,
+            "completion_tokens": reply.tokens,
+            "total_tokens": prompt + reply.tokens,
+            "prompt_tokens_details": {"audio_tokens": reply.audio_rows},
+            "completion_tokens_details": {"audio_tokens": reply.units},
+        }
+
+    def _log(self, reply: Reply, stream: bool) -> float:
+        total = time.perf_counter() - reply.started
+        first = f"{reply.first_audio:.3f} s" if reply.first_audio is not None else "none"
+        log.info(
+            "chat %s stream=%s first_audio=%s total=%.3f s tokens=%d units=%d",
+            reply.id,
+            stream,
+            first,
+            total,
+            reply.tokens,
+            reply.units,
+        )
+        return round(total, 4)

@@ -1,0 +1,138 @@
+"""Serve configs and the typed boundary without Ray: YAML args, auth, request → dialogue conversion."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import pytest
+import soundfile as sf
+import yaml
+from freezeempath.config import load_config
+from helpers import ROOT, speech_like
+from ray.serve import Application
+from ray.serve.schema import ServeDeploySchema
+
+from serve.app import build_app
+from serve.gateway import AudioStore, check_api_key
+from serve.schemas import ApiError, ChatCompletionRequest, ServeArgs, StoredAudio, chat_plan
+
+CONFIGS = sorted((ROOT / "serve" / "configs").glob("*.yaml"))
+
+
+def test_configs_are_shipped():
+    assert {p.name for p in CONFIGS} >= {"local.yaml", "gpu.yaml"}
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_serve_yaml_validates_and_builds(path):
+    raw = yaml.safe_load(path.read_text())
+    ServeDeploySchema.model_validate(raw)  # Serve's own schema (serve run / serve deploy)
+    (app,) = raw["applications"]
+    assert app["import_path"] == "serve.app:build_app"
+    args = ServeArgs.model_validate(app["args"])
+    load_config(args.model.config, args.model.overrides)  # preset and overrides load (artefact: at deploy)
+    assert isinstance(build_app(app["args"]), Application)
+
+
+def test_gpu_yaml_uses_fractional_gpus_on_one_card():
+    raw = yaml.safe_load((ROOT / "serve" / "configs" / "gpu.yaml").read_text())
+    args = ServeArgs.model_validate(raw["applications"][0]["args"])
+    parts = ("understanding", "llm", "decoder", "vocoder")
+    gpus = [getattr(args.deployments, n).ray_actor_options.num_gpus for n in parts]
+    assert all(0 < g < 1 for g in gpus) and sum(gpus) <= 1.0
+    assert args.model.config == "paper"
+
+
+def test_serve_args_reject_unknown_keys_and_conflicts():
+    with pytest.raises(ValueError, match="extra_forbidden|Extra inputs"):
+        ServeArgs.model_validate({"limits": {"max_body": 1}})
+    with pytest.raises(ValueError, match="not both"):
+        ServeArgs.model_validate({"deployments": {"llm": {"num_replicas": 2, "autoscaling_config": {}}}})
+    off = ServeArgs(batching=False).batching_of("decoder")
+    assert off.max_batch_size == 1 and ServeArgs().batching_of("llm").max_batch_size == 1
+
+
+def test_api_keys_from_args_and_environment(monkeypatch):
+    monkeypatch.setenv("FREEZEEMPATH_API_KEYS", "env-1, env-2,")
+    keys = ServeArgs(api_keys=["cfg"]).keys()
+    assert keys == {"cfg", "env-1", "env-2"}
+    check_api_key("Bearer env-2", keys)
+    check_api_key(None, frozenset())  # no keys configured: open
+    for header in (None, "Bearer nope", "env-1", "Basic env-1"):
+        with pytest.raises(ApiError) as err:
+            check_api_key(header, keys)
+        assert err.value.status == 401 and err.value.code == "invalid_api_key"
+
+
+def _wav(seconds: float) -> str:
+    buffer = io.BytesIO()
+    sf.write(buffer, speech_like(seconds).numpy(), 16000, format="WAV")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def _audio_part(seconds: float = 0.5) -> dict:
+    return {"type": "input_audio", "input_audio": {"data": _wav(seconds), "format": "wav"}}
+
+
+def test_chat_plan_maps_roles_parts_and_audio_ids():
+    store = AudioStore(capacity=4)
+    store.put("audio_1", StoredAudio("I hear you.", expires_at=2**40, voice="alloy", emotion="sad", units=3))
+    chat = ChatCompletionRequest.model_validate(
+        {
+            "model": "freezeempath",
+            "modalities": ["text", "audio"],
+            "audio": {"voice": "alloy", "format": "wav"},
+            "messages": [
+                {"role": "developer", "content": "Be brief."},
+                {"role": "user", "content": [_audio_part(), _audio_part(), {"type": "text", "text": "and this"}]},
+                {"role": "assistant", "audio": {"id": "audio_1"}},
+                {"role": "user", "content": "thanks"},
+            ],
+        }
+    )
+    plan = chat_plan(chat, ServeArgs(), store.get, max_seconds=8.0)
+    assert plan.system_prompt == "Be brief." and plan.audio_out and plan.voice == "alloy"
+    roles = [(m.role, m.text, m.audio is not None) for m in plan.messages]
+    assert roles == [
+        ("user", "", True),
+        ("user", "and this", True),
+        ("assistant", "I hear you.", False),
+        ("user", "thanks", False),
+    ]
+    assert len(plan.clip_keys) == 2 and plan.clip_keys[0] == plan.clip_keys[1]  # same bytes, same key
+
+
+@pytest.mark.parametrize(
+    ("patch", "message", "param"),
+    [
+        ({"messages": [{"role": "assistant", "audio": {"id": "audio_gone"}}]}, "unknown or expired", "audio.id"),
+        ({"messages": [{"role": "tool", "content": "x"}]}, "unsupported role", "role"),
+        ({"audio": {"voice": "robot", "format": "wav"}}, "unknown voice", "audio.voice"),
+        ({"audio": {"voice": "alloy", "format": "aac"}}, "unsupported audio format", "audio.format"),
+        ({"stream": True}, "must use format pcm16", "audio.format"),
+        ({"max_completion_tokens": 10_000}, "exceeds the limit", "max_completion_tokens"),
+    ],
+)
+def test_chat_plan_rejects_bad_requests(patch, message, param):
+    body = {
+        "model": "m",
+        "modalities": ["text", "audio"],
+        "audio": {"voice": "alloy", "format": "wav"},
+        "messages": [{"role": "user", "content": "hi"}],
+    }
+    if "messages" in patch:
+        patch = {"messages": patch["messages"] + body["messages"]}
+    chat = ChatCompletionRequest.model_validate({**body, **patch})
+    with pytest.raises(ApiError, match=message) as err:
+        chat_plan(chat, ServeArgs(), AudioStore(4).get, max_seconds=8.0)
+    assert err.value.status == 400 and param in (err.value.param or "")
+
+
+def test_audio_store_expires_and_caps():
+    store = AudioStore(capacity=2)
+    store.put("old", StoredAudio("a", expires_at=0, voice="", emotion=None, units=0))
+    assert store.get("old") is None
+    for i in range(3):
+        store.put(f"id{i}", StoredAudio("t", expires_at=2**40, voice="", emotion=None, units=0))
+    assert store.get("id0") is None and store.get("id2") is not None

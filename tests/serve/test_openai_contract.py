@@ -1,0 +1,220 @@
+"""The OpenAI contract against a tiny-preset Serve app on 127.0.0.1:8765, with the official SDK.
+
+One local Ray + Serve app for the module (api-shapes.md §7): models, chat with input audio (whole and
+streamed), multi-turn audio ids, emotion, bad input → 400 naming the problem, limits, and a server that
+keeps serving afterwards.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import openai
+import pytest
+import soundfile as sf
+import yaml
+from freezeempath.labels import LABEL_WORDS
+from helpers import ROOT, speech_like
+
+pytestmark = pytest.mark.ray
+
+URL = "http://127.0.0.1:8765"
+MAX_BODY = 2 * 2**20
+
+
+def tiny_args():
+    """``serve/configs/local.yaml`` args with the tiny preset, one replica each and small limits."""
+    from serve.schemas import ServeArgs
+
+    args = yaml.safe_load((ROOT / "serve" / "configs" / "local.yaml").read_text())["applications"][0]["args"]
+    args["model"].update(config="tiny", overrides=["model.generation.max_new_tokens=12"])
+    args["limits"].update(max_audio_seconds=8, max_completion_tokens=12, max_body_bytes=MAX_BODY)
+    args["limits"].update(max_concurrent_requests=2, retry_after_s=1)
+    for options in args["deployments"].values():
+        options.pop("autoscaling_config", None)
+        options["num_replicas"] = 1
+    return ServeArgs.model_validate(args)
+
+
+@pytest.fixture(scope="module")
+def server():
+    import ray
+    from ray import serve
+
+    from serve.app import build_app
+
+    os.environ.pop("FREEZEEMPATH_API_KEYS", None)
+    owns_ray = not ray.is_initialized()
+    if owns_ray:
+        env = {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
+        ray.init(address="local", num_cpus=2, include_dashboard=False, runtime_env={"env_vars": env})
+    serve.start(http_options={"host": "127.0.0.1", "port": 8765})
+    serve.run(build_app(tiny_args()), name="freezeempath", route_prefix="/")
+    yield URL
+    serve.shutdown()
+    if owns_ray:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=f"{server}/v1", api_key="test", max_retries=0, timeout=60)
+
+
+def wav_b64(seconds: float = 1.2, seed: int = 0, rate: int = 16_000, fmt: str = "WAV") -> str:
+    buffer = io.BytesIO()
+    sf.write(buffer, speech_like(seconds, seed, rate).numpy(), rate, format=fmt)
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def spoken(data: str | None = None, fmt: str = "wav", text: str | None = None) -> dict:
+    parts = [{"type": "input_audio", "input_audio": {"data": wav_b64() if data is None else data, "format": fmt}}]
+    return {"role": "user", "content": parts + ([{"type": "text", "text": text}] if text else [])}
+
+
+AUDIO = {"modalities": ["text", "audio"], "audio": {"voice": "alloy", "format": "wav"}}
+
+
+def test_models_list(client):
+    assert [m.id for m in client.models.list()] == ["freezeempath"]
+
+
+def test_chat_with_input_audio_returns_audio_transcript_and_emotion(client):
+    reply = client.chat.completions.create(model="freezeempath", messages=[spoken()], **AUDIO)
+    choice = reply.choices[0]
+    audio = choice.message.audio
+    assert audio.id.startswith("audio_") and audio.expires_at > reply.created and isinstance(audio.transcript, str)
+    samples, rate = sf.read(io.BytesIO(base64.b64decode(audio.data)))
+    assert rate == 24_000 and samples.ndim == 1 and samples.size > 0
+    assert choice.message.content is None and choice.finish_reason in ("stop", "length")
+    assert reply.id.startswith("chatcmpl-") and reply.model == "freezeempath"
+    assert reply.x_emotion["label"] in LABEL_WORDS and abs(sum(reply.x_emotion["scores"].values()) - 1) < 1e-3
+    assert reply.usage.completion_tokens <= 12 and reply.usage.completion_tokens_details.audio_tokens > 0
+    assert 0 < reply.x_timing["first_audio_s"] <= reply.x_timing["total_s"]
+
+
+def _delta_audio(chunk) -> dict:
+    audio = chunk.choices[0].delta.audio if chunk.choices else None
+    if audio is None:
+        return {}
+    return {k: v for k, v in (audio if isinstance(audio, dict) else audio.model_dump()).items() if v is not None}
+
+
+def test_streaming_sends_role_transcript_pcm16_finish_and_usage(client):
+    stream = client.chat.completions.create(
+        model="freezeempath",
+        messages=[spoken()],
+        stream=True,
+        stream_options={"include_usage": True},
+        modalities=["text", "audio"],
+        audio={"voice": "alloy", "format": "pcm16"},
+    )
+    chunks = list(stream)
+    first = chunks[0]
+    assert first.choices[0].delta.role == "assistant" and first.model_extra["x_emotion"]["label"] in LABEL_WORDS
+    deltas = [_delta_audio(c) for c in chunks]
+    transcripts = [i for i, d in enumerate(deltas) if "transcript" in d]
+    data = [base64.b64decode(d["data"]) for d in deltas if "data" in d]
+    assert transcripts and data and all(len(d) % 2 == 0 for d in data)
+    first_data = next(i for i, d in enumerate(deltas) if "data" in d)
+    assert first_data < transcripts[-1], "audio must stream while the transcript is still arriving"
+    assert any("expires_at" in d for d in deltas)
+    finish = [c for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert len(finish) == 1 and finish[0].choices[0].finish_reason in ("stop", "length")
+    assert chunks[-1].choices == [] and chunks[-1].usage.total_tokens > 0
+    assert len({c.id for c in chunks}) == 1
+
+
+def test_stream_ends_with_done(server):
+    body = {"model": "freezeempath", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    with httpx.stream("POST", f"{server}/v1/chat/completions", json=body, timeout=60) as response:
+        lines = [line for line in response.iter_lines() if line]
+    assert response.headers["content-type"].startswith("text/event-stream")
+    assert lines[-1] == "data: [DONE]" and json.loads(lines[-2][6:])["choices"][0]["finish_reason"]
+
+
+def test_multi_turn_with_audio_id_and_text_only_reply(client):
+    earlier = wav_b64(seed=1)
+    first = client.chat.completions.create(model="freezeempath", messages=[spoken(earlier)], **AUDIO)
+    history = [spoken(earlier), {"role": "assistant", "audio": {"id": first.choices[0].message.audio.id}}]
+    second = client.chat.completions.create(model="freezeempath", messages=[*history, spoken(wav_b64(seed=2))], **AUDIO)
+    assert second.choices[0].message.audio.data and second.usage.prompt_tokens > first.usage.prompt_tokens
+    text = client.chat.completions.create(model="freezeempath", messages=[*history, {"role": "user", "content": "ok"}])
+    assert isinstance(text.choices[0].message.content, str) and text.choices[0].message.audio is None
+    assert text.x_emotion is None  # the last user turn was typed
+    fallback = [spoken(), {"role": "assistant", "audio": {"id": "audio_expired"}, "content": "I hear you."}, spoken()]
+    assert client.chat.completions.create(model="freezeempath", messages=fallback, **AUDIO).choices
+
+
+def test_emotion_endpoint(server):
+    body = {"input_audio": {"data": wav_b64(seed=3), "format": "wav"}}
+    response = httpx.post(f"{server}/v1/audio/emotion", json=body, timeout=60)
+    assert response.status_code == 200
+    result = response.json()
+    assert result["label"] in LABEL_WORDS and set(result["scores"]) == set(LABEL_WORDS)
+
+
+def _silent_wav(seconds: float) -> str:
+    buffer = io.BytesIO()
+    sf.write(buffer, [0.0] * int(16_000 * seconds), 16_000, format="WAV")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+BAD = [
+    ({"messages": [spoken(base64.b64encode(b"hello, not audio" * 8).decode())]}, "could not be decoded"),
+    ({"messages": [spoken("!!not base64!!")]}, "not valid base64"),
+    ({"messages": [spoken(fmt="aac")]}, "unsupported input audio format"),
+    ({"messages": [spoken(wav_b64(fmt="FLAC"))]}, "declared as wav but the data is flac"),
+    ({"messages": [spoken(_silent_wav(9.0))]}, "maximum is 8 s"),
+    ({"messages": [spoken(_silent_wav(0.0))]}, "audio is empty"),
+    ({"messages": [spoken("")]}, "audio is empty"),
+    ({"messages": []}, "messages"),
+    ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]}, "unsupported content"),
+    ({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}, "last message"),
+    ({"messages": [{"role": "tool", "content": "x"}]}, "unsupported role"),
+    ({"messages": [{"role": "user", "content": ""}]}, "empty"),
+    ({"audio": {"voice": "robot", "format": "wav"}}, "unknown voice"),
+    ({"audio": {"voice": "alloy", "format": "aac"}}, "unsupported audio format"),
+    ({"stream": True}, "must use format pcm16"),
+    ({"audio": None}, "audio (voice and format) is required"),
+    ({"max_completion_tokens": 500}, "exceeds the limit"),
+    ({"n": 2}, "n:"),
+    ({"temperature": 9}, "temperature"),
+]
+
+
+@pytest.mark.parametrize(("patch", "message"), BAD, ids=[m for _, m in BAD])
+def test_bad_input_is_a_400_naming_the_problem(client, patch, message):
+    body = {"model": "freezeempath", "messages": [spoken()], **AUDIO, **patch}
+    body = {k: v for k, v in body.items() if v is not None}
+    with pytest.raises(openai.BadRequestError) as err:
+        client.post("/chat/completions", body=body, cast_to=object, stream="stream" in body)
+    assert err.value.status_code == 400 and message in err.value.body["message"]
+    assert set(err.value.body) == {"message", "type", "param", "code"}
+
+
+def test_limits_body_size_and_concurrency(server, client):
+    big = httpx.post(f"{server}/v1/chat/completions", content=b"x" * (MAX_BODY + 1), timeout=60)
+    assert big.status_code == 413 and "exceeds the limit" in big.json()["error"]["message"]
+
+    def call(_: int) -> int:
+        try:
+            client.chat.completions.create(model="freezeempath", messages=[spoken()], **AUDIO)
+            return 200
+        except openai.RateLimitError as err:
+            assert err.response.headers["retry-after"] == "1" and err.body["type"] == "rate_limit_error"
+            return 429
+
+    with ThreadPoolExecutor(8) as pool:
+        codes = list(pool.map(call, range(8)))
+    assert 429 in codes and 200 in codes
+
+
+def test_server_keeps_serving_with_no_leaked_slots(server, client):
+    assert client.chat.completions.create(model="freezeempath", messages=[spoken()], **AUDIO).choices
+    assert httpx.get(f"{server}/healthz").json() == {"status": "ok", "active_requests": 0}

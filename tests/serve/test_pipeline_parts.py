@@ -1,0 +1,156 @@
+"""Library pieces the Serve deployments run: each batched step equals its one-stream reference."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+import torchaudio
+from freezeempath.config import SpeechDecoderConfig, load_config
+from freezeempath.data.template import Turn
+from freezeempath.inference.audio_io import StreamingResampler, decode_input_audio, encode_audio, pcm16_bytes
+from freezeempath.inference.llm_session import GenerationRequest, LLMSession
+from freezeempath.inference.parts import build_decoder_part, build_full_model, build_understander
+from freezeempath.inference.speech_session import BatchedUnitStreams
+from freezeempath.inference.vocode import VocodeRequest, vocode_batch
+from freezeempath.model.build import build_speech_decoder
+from freezeempath.model.codec import build_codec
+from freezeempath.model.speech_decoder import StreamState, UnitStream
+from helpers import speech_like
+
+
+@pytest.mark.parametrize(("orig", "new"), [(16_000, 24_000), (22_050, 24_000), (24_000, 16_000)])
+def test_streaming_resampler_joins_to_the_whole_signal_resample(orig, new):
+    x = torch.randn(orig + 123, generator=torch.Generator().manual_seed(0))
+    resampler, out, i = StreamingResampler(orig, new), [], 0
+    for size in [1, 7, 320, 1600, 5000] * 10:
+        out.append(resampler.push(x[i : i + size]))
+        i += size
+    out.append(resampler.flush())
+    torch.testing.assert_close(torch.cat(out), torchaudio.functional.resample(x, orig, new), atol=1e-5, rtol=0)
+
+
+def test_vocode_batch_equals_one_stream_push_and_resamples():
+    codec = build_codec(load_config("tiny").model.codec)
+    g = torch.Generator().manual_seed(0)
+    streams = [torch.randint(0, codec.n_units, (n,), generator=g) for n in (13, 17, 5)]
+    refs = []
+    for units in streams:
+        decoder = codec.stream()
+        refs.append(torch.cat([decoder.push(units[i : i + 5]) for i in range(0, units.numel(), 5)]))
+    states, got = [None] * 3, [[] for _ in streams]
+    for i in range(0, 17, 5):
+        requests = [VocodeRequest(states[b], tuple(streams[b][i : i + 5].tolist())) for b in range(3)]
+        for b, result in enumerate(vocode_batch(codec, requests)):
+            got[b].append(result.audio)
+            states[b] = result.state
+    for ref, parts in zip(refs, got, strict=True):
+        torch.testing.assert_close(torch.cat(parts), ref, atol=1e-4, rtol=0)
+    final = vocode_batch(codec, [VocodeRequest(None, tuple(streams[0].tolist()), final=True)], output_rate=24_000)
+    assert final[0].audio.numel() == streams[0].numel() * codec.hop_length * 3 // 2 and final[0].sample_rate == 24_000
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_batched_unit_streams_match_separate_unit_streams(temperature):
+    torch.manual_seed(0)
+    decoder = build_speech_decoder(SpeechDecoderConfig(), d_llm=24, text_vocab=50, n_units=16).eval()
+    g = torch.Generator().manual_seed(1)
+    hidden = [torch.randn(8, 24, generator=g) for _ in range(3)]
+    tokens = [torch.randint(0, 50, (8,), generator=g) for _ in range(3)]
+    refs = []
+    for b in range(3):  # read 3, write 4, read 3, write 4, read 2 + <sep>, write to the end
+        stream, out = UnitStream(decoder, 30, temperature, torch.Generator().manual_seed(b)), []
+        for start, size in ((0, 3), (3, 3), (6, 2)):
+            stream.read(hidden[b][start : start + size], tokens[b][start : start + size])
+            if size == 3:
+                out += stream.write(4).units
+        stream.end_text()
+        while not (result := stream.write(4)).finished and result.units:
+            out += result.units
+        refs.append(out + result.units)
+    batched, got = BatchedUnitStreams(decoder, 3, 30, temperature, [0, 1, 2]), [[] for _ in range(3)]
+    for round_ in range(20):  # row b starts b rounds late: masked padding before its first input
+        rows = {b: round_ - b for b in range(3) if 0 <= round_ - b < 3}
+        reads = {b: (hidden[b][3 * k : 3 * k + 3], tokens[b][3 * k : 3 * k + 3]) for b, k in rows.items()}
+        batched.read(reads, {b for b, k in rows.items() if k == 2})
+        writers = {b for b in range(3) if round_ >= b}
+        for b, units in batched.write(writers, 4).items():
+            got[b] += units
+        if all(s is StreamState.FINISHED for s in batched.state):
+            break
+    assert got == refs
+
+
+@pytest.fixture(scope="module")
+def tiny_parts():
+    cfg = load_config("tiny").model
+    return cfg, build_full_model(cfg)
+
+
+def test_parts_built_alone_equal_the_full_model(tiny_parts):
+    cfg, model = tiny_parts
+    alone, full = build_decoder_part(cfg).state_dict(), model.speech_decoder.state_dict()
+    assert alone.keys() == full.keys() and all(torch.equal(alone[k], full[k]) for k in alone)
+    understander = build_understander(cfg)
+    assert torch.equal(understander.emotion.query, model.emotion.query)
+
+
+def _request(text: str, tokens: int, seed: int = 0) -> GenerationRequest:
+    return GenerationRequest(turns=(Turn("user", text),), max_new_tokens=tokens, temperature=1.0, seed=seed)
+
+
+def _run(session: LLMSession) -> list[list[int]]:
+    out: list[list[int]] = [[] for _ in session.streams]
+    while (groups := session.step()) is not None:
+        for b, group in enumerate(groups):
+            if group is not None:
+                assert len(group.token_ids) <= 3 and group.hidden.shape == (len(group.token_ids), 32)
+                out[b] += group.token_ids
+    return out
+
+
+def test_llm_session_sampling_is_per_stream_and_bad_requests_fail_alone(tiny_parts):
+    _, model = tiny_parts
+    llm, stop = model.llm, model.stop_ids
+    alone = _run(LLMSession(llm, stop, [_request("hello", 7, seed=3)], read=3))
+    long_prompt = _request("x" * 3000, 7)  # byte-level tokenizer: > 2048 positions
+    session = LLMSession(llm, stop, [_request("another one", 5), long_prompt, _request("hello", 7, seed=3)], read=3)
+    first = session.step()
+    assert first is not None and first[1] is not None and "exceed" in (first[1].error or "")
+    together = _run(session)
+    assert together[2] == alone[0] and together[1] == []
+
+
+def test_audio_io_decodes_checks_and_encodes():
+    buffer = io.BytesIO()
+    sf.write(buffer, speech_like(0.3).numpy(), 16000, format="FLAC")
+    assert decode_input_audio(buffer.getvalue(), "flac").sample_rate == 16000
+    for data, declared, message in [
+        (buffer.getvalue(), "wav", "declared as wav but the data is flac"),
+        (b"not audio at all" * 10, "wav", "could not be decoded"),
+        (b"", "mp3", "empty"),
+        (b"x", "aac", "unsupported input audio format"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            decode_input_audio(data, declared)
+    wave = np.linspace(-1.5, 1.5, 2400, dtype=np.float32)
+    assert pcm16_bytes(wave)[:2] == np.int16(-32767).tobytes() and len(pcm16_bytes(wave)) == 4800
+    for fmt in ("wav", "flac", "mp3"):
+        samples, rate = sf.read(io.BytesIO(encode_audio(wave * 0.1, 24_000, fmt)))
+        assert rate == 24_000 and samples.shape[0] > 0
+
+
+def test_understanding_is_safe_across_threads(tiny_parts):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from freezeempath.inference.understanding import understand_clips
+
+    cfg, _ = tiny_parts
+    part = build_understander(cfg)
+    batches = [[speech_like(0.5 + 0.1 * i, seed=i) for i in range(n)] for n in (2, 3, 1, 4) * 3]
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda clips: understand_clips(part, clips), batches))
+    assert [len(r) for r in results] == [len(b) for b in batches]
