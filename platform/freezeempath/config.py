@@ -259,7 +259,6 @@ class TrainConfig:
     seed: int = 0
     crash_after_step: int = 0  # fault drill: rank 0 of a fresh run dies after this checkpointed step
 
-
     def __post_init__(self) -> None:
         _check(
             self.micro_batch * self.grad_accum * self.num_workers == self.global_batch,
