@@ -144,7 +144,9 @@ class PairingPlan:
 
 @dataclass(frozen=True)
 class TargetsSummary:
-    """What a target job left in ``out_dir``; totals cover every output shard, resumed ones included."""
+    """What a target job left in ``out_dir``; ``*_total``, ``rows_skipped`` and ``hours`` cover every output
+    shard, resumed ones included. ``hours`` counts ``reply_audio`` for ``speech`` and ``units``, else ``audio``.
+    """
 
     kind: str
     out_dir: str
@@ -462,7 +464,7 @@ def make_shard(maker: Any, kind: TargetKind, shard: str, out: str, plan: Mapping
     check_columns(table, REQUIRED_COLUMNS)
     rows = table.to_pylist()
     made, skipped = maker.make(rows, plan)
-    audio = "reply_audio" if kind is TargetKind.SPEECH else "audio"
+    audio = "reply_audio" if kind in (TargetKind.SPEECH, TargetKind.UNITS) else "audio"
     seconds = sum(_seconds(row, audio) for row in made)
     stats = {"rows": len(made), "rows_in": len(rows), "skipped": dict(skipped), "seconds": seconds}
     write_shard(made, out, stats=stats)
