@@ -207,7 +207,7 @@ def prepare_corpus(corpus: str, rows: CorpusRows, out_dir: str | Path, cfg: Data
             rows_written += result["rows"]
             logger.info("shard %d/%d %s: %d rows, skipped %s", done, len(pending), *(result[k] for k in _LOGGED))
     summary = _summarize(corpus, out, plans, len(pending), rows_written, rows.label_drops, stale, start)
-    _write_json(out / SUMMARY_FILE, summary.to_dict())
+    write_json(out / SUMMARY_FILE, summary.to_dict())
     return summary
 
 
@@ -251,7 +251,8 @@ def _summarize(
     )
 
 
-def _write_json(path: Path, data: Mapping[str, Any]) -> None:
+def write_json(path: Path, data: Mapping[str, Any]) -> None:
+    """Write a JSON summary atomically (temp file, then rename)."""
     temp = path.with_name(f".{path.name}.tmp")
     temp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     os.replace(temp, path)

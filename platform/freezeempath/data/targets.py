@@ -28,7 +28,6 @@ import hashlib
 import io
 import json
 import logging
-import os
 import random
 import subprocess
 import tempfile
@@ -47,7 +46,7 @@ import torch
 from freezeempath import prompts
 from freezeempath.config import Config, from_dict, to_dict
 from freezeempath.data.audio import decode_audio, validate_waveform
-from freezeempath.data.prepare import SUMMARY_FILE
+from freezeempath.data.prepare import SUMMARY_FILE, write_json
 from freezeempath.data.sample_corpus import ESPEAK, PRESETS, SPEAKERS, install_variants
 from freezeempath.data.shards import REQUIRED_COLUMNS, check_columns, encode_flac, read_stats, write_shard
 from freezeempath.data.template import Turn, stop_token_ids
@@ -524,7 +523,7 @@ def make_targets(
     logger.info("%s: %d shards, %d already written, %d to write", kind.value, len(inputs), done, len(pending))
     rows_written = _run_pool(kind, pending, out, plan, cfg, synthesizer) if pending else 0
     summary = _summarize(kind, out, inputs, len(pending), rows_written, unpaired, start)
-    _write_json(out / SUMMARY_FILE, summary.to_dict())
+    write_json(out / SUMMARY_FILE, summary.to_dict())
     return summary
 
 
@@ -605,12 +604,6 @@ def _summarize(
         ser_clips_unpaired=unpaired,
         wall_seconds=round(time.perf_counter() - start, 2),
     )
-
-
-def _write_json(path: Path, data: Mapping[str, Any]) -> None:
-    temp = path.with_name(f".{path.name}.tmp")
-    temp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(temp, path)
 
 
 def read_waves(shards: str | Sequence[str], column: str = "audio", limit: int = 0, seed: int = 0) -> list[torch.Tensor]:
