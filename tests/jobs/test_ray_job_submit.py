@@ -22,6 +22,18 @@ from helpers import ROOT, write_tiny_shards
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 GCS_PORT, DASHBOARD_PORT = 6391, 8276
+# Every port of the second cluster is explicit: the test session's own Ray instance already holds the defaults
+# (the dashboard agent's 52365 among them), and an agent that cannot bind leaves "No available agent" forever.
+AGENT_PORTS = {
+    "--dashboard-agent-listen-port": 52391,
+    "--dashboard-agent-grpc-port": 52392,
+    "--runtime-env-agent-port": 52393,
+    "--metrics-export-port": 52394,
+    "--node-manager-port": 52395,
+    "--object-manager-port": 52396,
+    "--ray-client-server-port": 52397,
+}
+AGENT_WAIT_S = 300  # the job agent registers late on a loaded 2-core machine
 
 
 @pytest.fixture
@@ -45,6 +57,7 @@ def ray_cluster():
             "--disable-usage-stats",
             "--temp-dir",
             temp,
+            *(str(x) for kv in AGENT_PORTS.items() for x in kv),
         ],
         check=True,
         env=env,
@@ -83,9 +96,10 @@ def test_train_job_runs_through_ray_job_submit(ray_cluster, tmp_path):
         f"train.storage_path={tmp_path / 'ray'}",
         "train.init_from=[]",
     ]
-    for _ in range(10):  # the dashboard's job agent may still be starting right after `ray start`
+    deadline = time.monotonic() + AGENT_WAIT_S
+    while True:  # the dashboard's job agent may still be starting right after `ray start`
         done = subprocess.run(cmd, cwd=ROOT, env=ray_cluster, capture_output=True, text=True, timeout=420)
-        if "No available agent" not in done.stderr:
+        if "No available agent" not in done.stderr or time.monotonic() > deadline:
             break
         time.sleep(5)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
