@@ -60,7 +60,12 @@ def write_tiny_shards(directory, n_rows: int = 16, n_shards: int = 2, bad_rows: 
 def _row(uid, audio, rate, i, n_units):
     emotion = EMOTION_CYCLE[i % 5]
     return {
-        "id": uid, "audio": audio, "sample_rate": rate, "duration": 1.0, "transcript": f"sentence number {i}",
-        "emotion": emotion, "reply": "I hear you." if i % 2 else "That sounds hard.",
+        "id": uid,
+        "audio": audio,
+        "sample_rate": rate,
+        "duration": 1.0,
+        "transcript": f"sentence number {i}",
+        "emotion": emotion,
+        "reply": "I hear you." if i % 2 else "That sounds hard.",
         "reply_units": [(i * 7 + k) % n_units for k in range(12 + i % 5)],
     }

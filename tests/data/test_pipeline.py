@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import speech_like, write_tiny_shards
-
 from freezeempath.config import load_config
 from freezeempath.data.collate import Collator, pad_mels
 from freezeempath.data.pipeline import AudioFeatures, build_dataset, check_shard_columns, skip_counter
 from freezeempath.data.template import byte_level_chat_tokenizer
 from freezeempath.model.fusion import IGNORE_INDEX
 from freezeempath.train.stages import Stage
+from helpers import speech_like, write_tiny_shards
 
 pytestmark = pytest.mark.ray
 

@@ -5,14 +5,13 @@ from __future__ import annotations
 import pyarrow.parquet as pq
 import pytest
 import torch
-from helpers import write_tiny_shards
-
 from freezeempath.config import load_config, to_dict
 from freezeempath.data.collate import Collator
 from freezeempath.data.pipeline import AudioFeatures
 from freezeempath.model.build import build_model
 from freezeempath.train.hidden_cache import ReplyStateCache, cache_reply_states
 from freezeempath.train.stages import Stage
+from helpers import write_tiny_shards
 
 
 def test_cached_states_give_the_live_decoder_loss(tmp_path):
@@ -48,8 +47,17 @@ def test_stage3_trains_from_the_cache(ray_local, tmp_path):
 
     cfg = load_config("tiny")
     cache_reply_states(cfg, write_tiny_shards(tmp_path / "in", n_rows=8, bad_rows=False), tmp_path / "cache")
-    summary = run_training(load_config("tiny", [
-        "train.stage=s3b", f"data.train_shards=[{tmp_path / 'cache'}]", "train.max_steps=2",
-        f"output_dir={tmp_path / 'out'}", f"train.storage_path={tmp_path / 'ray'}", "train.run_name=cached",
-    ]))
+    summary = run_training(
+        load_config(
+            "tiny",
+            [
+                "train.stage=s3b",
+                f"data.train_shards=[{tmp_path / 'cache'}]",
+                "train.max_steps=2",
+                f"output_dir={tmp_path / 'out'}",
+                f"train.storage_path={tmp_path / 'ray'}",
+                "train.run_name=cached",
+            ],
+        )
+    )
     assert summary.steps == 2 and summary.final_metrics["units_per_s"] > 0

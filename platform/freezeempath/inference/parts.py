@@ -29,7 +29,7 @@ from freezeempath.model.emotion import AuxEmotionHead, EmotionExtractor
 from freezeempath.model.encoder import SpeechEncoder
 from freezeempath.model.llm import FrozenLLM
 from freezeempath.model.speech_decoder import SpeechDecoder
-from freezeempath.model.spoken_chat import FreezeEmpathModel
+from freezeempath.model.spoken_chat import FreezeEmpathModel, param_dtype
 
 log = logging.getLogger(__name__)
 
@@ -62,15 +62,11 @@ class SpeechUnderstander(nn.Module):
         parts' dtype so a bfloat16 encoder can feed float32 adapters.
         """
         with self._encoder_lock:
-            enc = self.encoder(mel.to(_dtype(self.encoder)), mel_lens)
-        dtype = _dtype(self.adapter)
+            enc = self.encoder(mel.to(param_dtype(self.encoder)), mel_lens)
+        dtype = param_dtype(self.adapter)
         speech, speech_lens = self.adapter(enc.last.to(dtype), enc.lens)
         emotion = self.emotion(enc.layers.to(dtype), enc.lens)
         return Understanding(speech, speech_lens, emotion, self.aux_head(emotion))
-
-
-def _dtype(module: nn.Module) -> torch.dtype:
-    return next(module.parameters()).dtype
 
 
 def _seed(cfg: ModelConfig, part: str) -> None:

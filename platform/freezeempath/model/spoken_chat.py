@@ -66,19 +66,21 @@ class FreezeEmpathModel(nn.Module):
     def understand(self, mel: torch.Tensor, mel_lens: torch.Tensor) -> Understanding:
         """``mel (C, n_mels, F)``, ``mel_lens (C,)`` → S, its lengths, E and aux logits per clip."""
         with torch.no_grad():
-            enc = self.encoder(mel, mel_lens)
-        speech, speech_lens = self.adapter(enc.last, enc.lens)
-        emotion = self.emotion(enc.layers, enc.lens)
+            enc = self.encoder(mel.to(param_dtype(self.encoder)), mel_lens)
+        dtype = param_dtype(self.adapter)  # a bfloat16 frozen encoder may feed float32 trained parts
+        speech, speech_lens = self.adapter(enc.last.to(dtype), enc.lens)
+        emotion = self.emotion(enc.layers.to(dtype), enc.lens)
         return Understanding(speech, speech_lens, emotion, self.aux_head(emotion))
 
     def fuse(self, batch: SpeechChatBatch, und: Understanding, padding_side: str = "right") -> FusedInputs:
-        """Fill each sequence's slots with the S and E of the clips they name."""
+        """Fill each sequence's slots with the S and E of the clips they name (in the LLM's dtype)."""
+        dtype = param_dtype(self.llm)
         return merge_placeholders(
             batch.input_ids,
             self.llm.embed,
-            speech=und.speech[batch.speech_clips],
+            speech=und.speech[batch.speech_clips].to(dtype),
             speech_lens=und.speech_lens[batch.speech_clips],
-            emotion=und.emotion[batch.emotion_clips],
+            emotion=und.emotion[batch.emotion_clips].to(dtype),
             labels=batch.labels,
             padding_side=padding_side,  # type: ignore[arg-type]
         )
@@ -143,3 +145,8 @@ class FreezeEmpathModel(nn.Module):
         for b, (r, t) in enumerate(zip(rows, toks, strict=True)):
             out_h[b, : r.shape[0]], out_t[b, : t.numel()] = r, t
         return out_h, out_t, lens
+
+
+def param_dtype(module: nn.Module) -> torch.dtype:
+    """The dtype of ``module``'s parameters (parts may differ: a bfloat16 frozen LLM, float32 adapters)."""
+    return next(module.parameters()).dtype
