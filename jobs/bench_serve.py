@@ -10,6 +10,8 @@ first audio ≤ 25 % of the full reply) and writes them as JSON::
     python -m jobs.bench_serve                                  # ≈ 5 minutes on 2 cores
     python -m jobs.bench_serve --requests 4 --concurrency 1 4   # quicker
     python -m jobs.bench_serve --gpu-paper-reduced              # one CUDA GPU: paper widths, 2 layers each
+    python -m jobs.bench_serve --gpu-paper-reduced model.encoder.layers=32 model.llm.layers=28 \\
+        model.speech_decoder.layers=24                          # the same at full depth
     python -m jobs.bench_serve --gpu-paper-reduced --device cpu --requests 1 --max-tokens 6 \\
         model.dtype=float32 model.speech_decoder.max_units=60   # CPU smoke test of that path
     ray job submit --working-dir . -- python -m jobs.bench_serve --out outputs/bench_serve.json
@@ -312,7 +314,8 @@ def gpu_paper_reduced(args: argparse.Namespace) -> dict[str, Any]:
         raise SystemExit(2)
     tokens = f"model.generation.max_new_tokens={args.max_tokens}"
     cfg = load_config("paper", [*REDUCED_PAPER, tokens, *args.overrides])
-    responder = build_responder(cfg.model, device=args.device)
+    with torch.device(args.device):  # random init on the GPU: minutes faster than on the CPU at full depth
+        responder = build_responder(cfg.model, device=args.device)
     dialogues = [[Message("user", audio=AudioInput(x, rate))] for x, rate in clips(max(args.requests, 3))]
     timed_events(responder.stream(dialogues[:1]))  # warm-up (kernels, allocator)
     runs = [timed_events(responder.stream([d])) for d in dialogues]

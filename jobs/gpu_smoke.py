@@ -75,7 +75,8 @@ def main(argv: list[str] | None = None) -> dict:
         sys.exit("gpu_smoke needs a CUDA GPU; none is visible (torch.cuda.is_available() is False)")
     from freezeempath.assets import bundled_question
     from freezeempath.batch import batch_to
-    from freezeempath.data.audio import validate_waveform
+    from freezeempath.data.audio import WhisperLogMel, validate_waveform
+    from freezeempath.model.build import build_model
     from freezeempath.train.bench import stage1_batch
     from freezeempath.train.loop import build_engine
     from freezeempath.train.losses import total_loss
@@ -87,11 +88,19 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = smoke_config(args)
     init_single_process(args.device)
     start = time.perf_counter()
-    engine, model, stage = build_engine(cfg, total_steps=args.steps)
+    with torch.device(args.device):  # random init on the GPU: minutes faster than on the CPU at full depth
+        model = build_model(cfg.model)
+    engine, model, stage = build_engine(cfg, total_steps=args.steps, model=model)
     build_s = time.perf_counter() - start
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()  # the peak below is the training steps', not the random init's
     sample = bundled_question()
     wave = validate_waveform(sample.samples, sample.sample_rate, 30.0)
-    batch = batch_to(stage1_batch(model, [wave, wave[: len(wave) // 2]], "I'm so sorry. I'm here."), args.device)
+    # The engine moved (and under bf16 cast) the model's front end; features are made on the CPU, as in training.
+    enc = cfg.model.encoder
+    frontend = WhisperLogMel(enc.n_mels, enc.window_frames, enc.sample_rate)
+    waves = [wave, wave[: len(wave) // 2]]
+    batch = batch_to(stage1_batch(model, waves, "I'm so sorry. I'm here.", frontend), args.device)
     times = []
     for _ in range(args.steps):
         sync()

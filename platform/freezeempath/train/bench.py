@@ -31,10 +31,13 @@ class VariantResult:
     grad_optimizer_bytes: int
 
 
-def stage1_batch(model, waves: list[torch.Tensor], reply: str) -> SpeechChatBatch:
-    """A stage-1 batch: each clip as a spoken turn answered by ``reply``."""
+def stage1_batch(model, waves: list[torch.Tensor], reply: str, frontend=None) -> SpeechChatBatch:
+    """A stage-1 batch: each clip as a spoken turn answered by ``reply``.
+
+    ``frontend`` defaults to ``model.frontend``; pass a CPU one once an engine has moved the model's.
+    """
     prompts = [render(model.llm.tokenizer, [Turn("user", spoken=True)], reply=reply) for _ in waves]
-    feats = model.frontend(waves)
+    feats = (frontend or model.frontend)(waves)
     clips = torch.arange(len(waves))
     return SpeechChatBatch(
         mel=feats.mel,

@@ -42,8 +42,9 @@ def skip_deepspeed_shm_build() -> None:
     sys.modules["deepspeed.comm.torch"].build_shm_op = lambda: None
 
 
-def build_engine(cfg: Config, total_steps: int) -> tuple[Any, Any, Stage]:
-    """Model → stage's trainable set → DeepSpeed engine; also loads earlier stages' artefacts."""
+def build_engine(cfg: Config, total_steps: int, model: Any = None) -> tuple[Any, Any, Stage]:
+    """Model (built from ``cfg.model`` unless given) → stage's trainable set → DeepSpeed engine; also loads
+    earlier stages' artefacts."""
     import deepspeed
 
     from freezeempath.model.build import build_model
@@ -53,7 +54,7 @@ def build_engine(cfg: Config, total_steps: int) -> tuple[Any, Any, Stage]:
     from freezeempath.train.stages import apply_stage
 
     stage = Stage(cfg.train.stage)
-    model = build_model(cfg.model)
+    model = model if model is not None else build_model(cfg.model)
     for directory in cfg.train.init_from:
         load_trained(model, directory)
     params = apply_stage(model, stage)
