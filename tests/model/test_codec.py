@@ -87,6 +87,15 @@ def test_untrained_codec_runs_end_to_end_and_is_deterministic() -> None:
     assert codec.decode(torch.zeros(0, dtype=torch.long)).shape == (0,)
 
 
+def test_mel_to_linear_gels_driver_of_cuda_matches_the_cpu_solution() -> None:
+    codec = make_codec()
+    power = torch.rand(2, codec.inverse_mel.n_mels, 7) + 0.01
+    cpu = codec.mel_to_linear(power)
+    codec.inverse_mel.driver = "gels"  # the only driver CUDA has; what mel_to_linear picks there
+    assert torch.allclose(codec.inverse_mel(power), cpu, atol=1e-4)
+    assert codec.mel_to_linear(power) is not None and codec.inverse_mel.driver == "gelsd"
+
+
 def test_constructing_a_codec_leaves_the_global_rng_alone() -> None:
     state = torch.random.get_rng_state()
     make_codec()

@@ -117,7 +117,7 @@ def _push_group(
 def synthesize_batch(codec: MelKMeansCodec, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Batched ``MelKMeansCodec.synthesize``: ``frames (B, C + W, n_mels)`` → ``(B, W · hop)``, ``(B, fade)``."""
     power = frames.clamp(min=LOG_FLOOR).exp().transpose(1, 2)  # (B, n_mels, C + W)
-    linear = codec.inverse_mel(power)  # (B, n_freq, C + W)
+    linear = codec.mel_to_linear(power)  # (B, n_freq, C + W)
     gl, end = codec.griffin_lim, (frames.shape[1] - 1) * codec.hop_length
     wave = torchaudio.functional.griffinlim(
         linear, gl.window, gl.n_fft, gl.hop_length, gl.win_length, gl.power, gl.n_iter, gl.momentum,

@@ -265,6 +265,15 @@ class MelKMeansCodec(nn.Module):
         """Units ``(B, T)`` → log-mel ``(B, T, n_mels)`` = codebook lookup + decoder residual."""
         return self.codebook[units] + self.decoder(units)
 
+    def mel_to_linear(self, power: torch.Tensor) -> torch.Tensor:
+        """Mel power ``(..., n_mels, F)`` → linear power ``(..., n_freq, F)`` by least squares.
+
+        CUDA's ``lstsq`` has only the ``gels`` driver; the filterbank has full row rank, so it gives the
+        same minimum-norm solution as ``gelsd``.
+        """
+        self.inverse_mel.driver = "gels" if power.is_cuda else "gelsd"
+        return self.inverse_mel(power)
+
     def synthesize(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Log-mel ``(C + W, n_mels)`` → the last ``W`` units' audio ``(W · hop,)``, tail ``(hop // 2,)``.
 
@@ -272,7 +281,7 @@ class MelKMeansCodec(nn.Module):
         audio is the hop ending at its frame's centre; the tail is the half hop after the last centre.
         """
         power = frames.clamp(min=LOG_FLOOR).exp().T  # (n_mels, C + W)
-        linear = self.inverse_mel(power)  # (n_freq, C + W)
+        linear = self.mel_to_linear(power)  # (n_freq, C + W)
         gl, end = self.griffin_lim, (frames.shape[0] - 1) * self.hop_length
         # the transform fixes its output length; the functional form takes this chunk's (< (C + W) · hop)
         wave = torchaudio.functional.griffinlim(
