@@ -16,6 +16,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import asdict
 
 ZERO3_OFFLOAD = [
     "model.encoder.source=random",
@@ -110,7 +111,8 @@ def main(argv: list[str] | None = None) -> dict:
         engine.step()
         sync()
         times.append(time.perf_counter() - start)
-    estimate = estimate_memory(cfg, world_size=1, seq_len=int(batch.input_ids[0].numel()))
+    speech_rows = int(batch.mel_lens.max()) // 2 // cfg.model.adapter.k  # the <speech> slot's fused length
+    estimate = estimate_memory(cfg, world_size=1, seq_len=int(batch.input_ids[0].numel()) + speech_rows)
     result = {
         "device": torch.cuda.get_device_name(0) if cuda else "cpu",
         "layers": {"encoder": cfg.model.encoder.layers, "llm": cfg.model.llm.layers},
@@ -119,6 +121,7 @@ def main(argv: list[str] | None = None) -> dict:
         "step_seconds_median": sorted(times)[len(times) // 2],
         "peak_gpu_gib": torch.cuda.max_memory_allocated() / 1024**3 if cuda else None,
         "estimated_gib": estimate.total,
+        "estimate_parts_gib": asdict(estimate),
         "loss": float(loss.total),
     }
     print(json.dumps(result, indent=2))

@@ -37,3 +37,14 @@ def test_frozen_llm_needs_a_fraction_of_gradient_and_optimizer_memory():
     assert frozen.grad_optimizer_bytes == pytest.approx(frozen.trainable_params * 12, rel=1e-3)
     assert full.grad_optimizer_bytes == pytest.approx(full.trainable_params * 12, rel=1e-3)
     assert frozen.grad_optimizer_bytes < 0.5 * full.grad_optimizer_bytes
+
+
+def test_estimate_counts_logits_encoder_stack_and_zero3_live_parameters():
+    z3 = estimate_memory(load_config(PAPER_S1), 8, seq_len=512)
+    z2 = estimate_memory(load_config(PAPER_S1, ["train.zero_stage=2", "train.offload_param=false"]), 8, seq_len=512)
+    s3 = estimate_memory(load_config(PAPER_S1, ["train.stage=s3b"]), 8, seq_len=512)
+    micro = load_config(PAPER_S1).train.micro_batch
+    assert z3.logits == pytest.approx(micro * 512 * 152064 * 10 / 1024**3)  # bf16 + fp32 upcast + fp32 grad
+    assert z3.gathered == pytest.approx(1e9 * 2 / 1024**3) and z2.gathered == 0.0  # DeepSpeed's live-param cap
+    assert z3.encoder_states == pytest.approx(micro * 32 * 1500 * 1280 * 2 / 1024**3)
+    assert s3.logits == 0.0 and s3.encoder_states == 0.0  # stage 3 trains from the LLM's states only

@@ -10,6 +10,9 @@ from typing import Any
 
 from freezeempath.config import TrainConfig
 
+# DeepSpeed's default, set explicitly because the memory estimate (train/memory.py) counts on it.
+STAGE3_MAX_LIVE_PARAMETERS = 10**9
+
 
 def deepspeed_config(cfg: TrainConfig, world_size: int) -> dict[str, Any]:
     """DeepSpeed dict for ``cfg`` on ``world_size`` workers; the global batch is checked, not derived."""
@@ -22,6 +25,7 @@ def deepspeed_config(cfg: TrainConfig, world_size: int) -> dict[str, Any]:
     if cfg.zero_stage == 3:
         zero["stage3_gather_16bit_weights_on_model_save"] = True
         zero["stage3_param_persistence_threshold"] = 0  # partition even small frozen params
+        zero["stage3_max_live_parameters"] = STAGE3_MAX_LIVE_PARAMETERS
     if cfg.offload_param:
         zero["offload_param"] = {"device": "cpu", "pin_memory": cfg.use_gpu}
     if cfg.offload_optimizer:
