@@ -69,3 +69,9 @@ def _row(uid, audio, rate, i, n_units):
         "reply": "I hear you." if i % 2 else "That sounds hard.",
         "reply_units": [(i * 7 + k) % n_units for k in range(12 + i % 5)],
     }
+
+
+# The stage × ZeRO matrix, split in two: each stage runs through Ray Train under one mode
+# (tests/train/test_train_ray.py) and through two gloo processes under the other (test_zero_matrix.py).
+STAGE_ZERO_RAY = [("s1", 3), ("s2a", 2), ("s2b", 3), ("s3a", 2), ("s3b", 3)]
+STAGE_ZERO_DIRECT = [("s1", 2), ("s2a", 3), ("s2b", 2), ("s3a", 3), ("s3b", 2)]
