@@ -1,0 +1,96 @@
+"""Speech emotion recognition read from the frozen LLM's label word.
+
+In: a model (trained parts loaded) and columnar rows with ``audio``/``sample_rate``/``emotion`` (shards).
+Out: :class:`SerReport` — for each clip the stage-2a prompt (spoken turn + SER instruction) is scored with
+each of the five label words as the reply, and the word the frozen LLM finds most likely (reply tokens and
+end of turn, summed log-probabilities) is the prediction; the aux classifier's accuracy and the majority
+class rate (what always answering the commonest class gets) come with it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from freezeempath import prompts
+from freezeempath.batch import SpeechChatBatch
+from freezeempath.config import EncoderConfig
+from freezeempath.data.collate import pad_mels
+from freezeempath.data.pipeline import AudioFeatures
+from freezeempath.data.template import Turn, render
+from freezeempath.labels import EMOTIONS, Emotion
+from freezeempath.model.fusion import IGNORE_INDEX
+
+
+@dataclass(frozen=True)
+class SerReport:
+    """Accuracies over ``clips`` labelled clips; ``confusion[true][pred]`` counts by label word."""
+
+    clips: int
+    label_word_accuracy: float
+    aux_accuracy: float
+    majority_rate: float
+    confusion: list[list[int]]
+
+
+@torch.no_grad()
+def label_word_scores(model: Any, mel: torch.Tensor, mel_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``mel (C, n_mels, F)``, ``mel_lens (C,)`` → label-word log-likelihoods ``(C, 5)`` and aux logits ``(C, 5)``."""
+    tok = model.llm.tokenizer
+    turn = Turn("user", prompts.SER_INSTRUCTION, spoken=True)
+    rendered = [render(tok, [turn], reply=e.value) for e in EMOTIONS]
+    c, k = mel.shape[0], len(EMOTIONS)
+    clips = torch.arange(c).repeat_interleave(k)  # each clip scored once per label word
+    batch = SpeechChatBatch(
+        mel=mel,
+        mel_lens=mel_lens,
+        input_ids=[torch.tensor(rendered[i % k].input_ids) for i in range(c * k)],
+        labels=[torch.tensor(rendered[i % k].labels) for i in range(c * k)],
+        speech_clips=clips,
+        emotion_clips=clips,
+        emotion_labels=torch.full((c * k,), IGNORE_INDEX),
+    )
+    und = model.understand(mel, mel_lens)
+    fused = model.fuse(batch, und)
+    logits = model.llm(fused.embeds, fused.attention_mask).logits[:, :-1].float()  # (C·5, L-1, V)
+    targets = fused.labels[:, 1:]
+    known = targets != IGNORE_INDEX
+    picked = logits.log_softmax(-1).gather(-1, targets.clamp(min=0)[..., None]).squeeze(-1)  # (C·5, L-1)
+    return (picked * known).sum(-1).view(c, k), und.aux_logits.float()
+
+
+def evaluate_ser(model: Any, rows: dict[str, list], enc: EncoderConfig, batch_clips: int = 4) -> SerReport:
+    """Score every labelled row of ``rows`` (a columnar shard table) with the training features."""
+    labelled = [i for i, word in enumerate(rows["emotion"]) if word]
+    rows = {key: [column[i] for i in labelled] for key, column in rows.items()}
+    feats = AudioFeatures(enc.n_mels, enc.window_frames, enc.max_input_seconds)(rows)
+    window_frames = enc.window_frames
+    labels = [Emotion.parse(w).index for w in feats["emotion"]]
+    word_pred, aux_pred = [], []
+    for start in range(0, len(labels), batch_clips):
+        part = slice(start, start + batch_clips)
+        mel = pad_mels(list(feats["mel"][part]), list(feats["mel_floor"][part]), window_frames)
+        lens = torch.tensor([int(x) for x in feats["mel_len"][part]])
+        scores, aux = label_word_scores(model, mel, lens)
+        word_pred += scores.argmax(-1).tolist()
+        aux_pred += aux.argmax(-1).tolist()
+    return _report(labels, word_pred, aux_pred)
+
+
+def _report(labels: list[int], word_pred: list[int], aux_pred: list[int]) -> SerReport:
+    n = len(labels)
+    if n == 0:
+        raise ValueError("no labelled clips to evaluate")
+    confusion = [[0] * len(EMOTIONS) for _ in EMOTIONS]
+    for t, p in zip(labels, word_pred, strict=True):
+        confusion[t][p] += 1
+    majority = max(labels.count(i) for i in range(len(EMOTIONS))) / n
+    return SerReport(
+        clips=n,
+        label_word_accuracy=sum(t == p for t, p in zip(labels, word_pred, strict=True)) / n,
+        aux_accuracy=sum(t == p for t, p in zip(labels, aux_pred, strict=True)) / n,
+        majority_rate=majority,
+        confusion=confusion,
+    )
