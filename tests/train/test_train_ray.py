@@ -70,6 +70,7 @@ def test_stage_trains_with_frozen_parts_unchanged(ray_local, tmp_path, shards, s
     if stage == "s2a":
         assert "ser_accuracy" in rows[-1] and "aux" in rows[-1]
     assert (out / "metrics.csv").is_file()
+    assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     before = {k: v.clone() for k, v in base.state_dict().items()}
     assert set(load_trained(base, out / "artefact")) == set(Stage(stage).trainable)
     changed = {k.split(".")[0] for k, v in base.state_dict().items() if not v.equal(before[k])}

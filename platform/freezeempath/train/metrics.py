@@ -92,15 +92,13 @@ def write_csv(path: Path, rows: list[dict[str, float]]) -> None:
         writer.writerows(rows)
 
 
-def plot_losses(rows: list[dict[str, float]], path: Path) -> Path | None:
-    """Loss curve PNG (total and parts per step); None when matplotlib is not installed."""
-    try:
-        import matplotlib
+def plot_losses(rows: list[dict[str, float]], path: Path) -> Path:
+    """Loss curve PNG (total and parts per step)."""
+    import matplotlib
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
+    matplotlib.use("Agg")  # no display on cluster nodes
+    import matplotlib.pyplot as plt
+
     steps = [r for r in rows if "loss" in r]
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for key in ("loss", "text", "aux", "unit"):
