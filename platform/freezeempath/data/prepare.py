@@ -87,17 +87,26 @@ class PrepareSummary:
 
 
 def plan_shards(rows: Sequence[RawRow], shard_rows: int) -> list[ShardPlan]:
-    """Cut id-sorted rows per split into shards of ``shard_rows``; names carry a digest of their ids."""
+    """Cut each split's rows, in a stable pseudo-random order, into shards of ``shard_rows``; names carry a
+    digest of their ids.
+
+    The order is that of a hash of the id, not the id: corpus ids encode label and speaker (RAVDESS
+    ``03-01-05-…``), so id order would hand training one emotion at a time.
+    """
     if shard_rows < 1:
         raise ValueError(f"shard_rows must be >= 1, got {shard_rows}")
     plans = []
     for split in Split:
-        part = sorted((r for r in rows if r.split is split), key=lambda r: r.id)
+        part = sorted((r for r in rows if r.split is split), key=_mix_key)
         for index, start in enumerate(range(0, len(part), shard_rows)):
             chunk = tuple(part[start : start + shard_rows])
             digest = hashlib.sha256("\n".join(r.id for r in chunk).encode()).hexdigest()[:8]
             plans.append(ShardPlan(f"{split.value}-{index:05d}-{digest}.parquet", split, chunk))
     return plans
+
+
+def _mix_key(row: RawRow) -> str:
+    return hashlib.sha256(row.id.encode()).hexdigest()
 
 
 def load_clip(path: str, max_seconds: float) -> tuple[np.ndarray | None, SkipReason | None]:
