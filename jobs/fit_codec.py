@@ -27,7 +27,8 @@ import time
 from pathlib import Path
 
 from freezeempath.config import load_config, save_config
-from freezeempath.data.targets import fit_codec, list_shards, read_waves
+from freezeempath.data.codec_fit import fit_codec, read_waves
+from freezeempath.data.shards import list_shards
 
 log = logging.getLogger("jobs.fit_codec")
 

@@ -17,20 +17,18 @@ import pytest
 import torch
 from freezeempath.config import load_config
 from freezeempath.data.audio import decode_audio
+from freezeempath.data.codec_fit import fit_codec, read_waves
+from freezeempath.data.pairing import SerClip, plan_pairs
 from freezeempath.data.shards import encode_flac, read_stats, write_shard
 from freezeempath.data.targets import (
     REPLY_VOICE,
     EspeakSynthesizer,
-    SerClip,
     SpeechMaker,
     Synthesizer,
     TargetKind,
-    fit_codec,
     generate_replies,
     load_llm,
     make_targets,
-    plan_pairs,
-    read_waves,
     reply_turns,
     row_seed,
 )

@@ -39,10 +39,12 @@ job report totals.
 from __future__ import annotations
 
 import enum
+import glob
 import io
 import json
 import os
 import uuid
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -208,3 +210,22 @@ def read_stats(path: str | Path) -> dict[str, Any]:
     """The statistics :func:`write_shard` stored in a shard (``{}`` when it has none)."""
     metadata = pq.read_schema(path).metadata or {}
     return json.loads(metadata[STATS_KEY]) if STATS_KEY in metadata else {}
+
+
+def list_shards(specs: str | Path | Sequence[str | Path]) -> list[str]:
+    """Shard files from folders (their ``*.parquet``), files or glob patterns; sorted, names unique."""
+    found: list[Path] = []
+    for spec in [specs] if isinstance(specs, str | Path) else specs:
+        path = Path(spec)
+        if path.is_dir():
+            found += sorted(path.glob("*.parquet"))
+        elif path.is_file():
+            found.append(path)
+        elif matches := sorted(glob.glob(str(path))):
+            found += [Path(m) for m in matches if m.endswith(".parquet")]
+        else:
+            raise FileNotFoundError(f"no shards at {spec}")
+    names = Counter(p.name for p in found)
+    if dup := [n for n, c in names.items() if c > 1]:
+        raise ValueError(f"input shards share file names (outputs keep names): {dup[:3]}")
+    return [str(p) for p in sorted(found, key=lambda p: p.name)]

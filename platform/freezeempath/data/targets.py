@@ -15,20 +15,18 @@ shard per input shard, with the same file name, plus ``summary.json``. Kinds (:c
 
 Rows that cannot get a target are dropped and counted by :class:`SkipReason`. The pending shards run on a
 Ray Data actor pool; each actor loads its LLM, synthesizer or codec once and writes whole shards
-atomically, so a rerun skips the shards already written (resume). Codec fitting from shards is here too.
+atomically, so a rerun skips the shards already written (resume). Pairing for stage 2b is in
+:mod:`freezeempath.data.pairing`; codec fitting from shards in :mod:`freezeempath.data.codec_fit`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 import functools
-import glob
 import hashlib
 import io
 import json
 import logging
-import random
 import subprocess
 import tempfile
 import time
@@ -46,9 +44,17 @@ import torch
 from freezeempath import prompts
 from freezeempath.config import Config, from_dict, to_dict
 from freezeempath.data.audio import decode_audio, validate_waveform
+from freezeempath.data.pairing import instruction_index, plan_pairs, read_ser_clips
 from freezeempath.data.prepare import SUMMARY_FILE, write_json
 from freezeempath.data.sample_corpus import ESPEAK, PRESETS, SPEAKERS, install_variants
-from freezeempath.data.shards import REQUIRED_COLUMNS, check_columns, encode_flac, read_stats, write_shard
+from freezeempath.data.shards import (
+    REQUIRED_COLUMNS,
+    check_columns,
+    encode_flac,
+    list_shards,
+    read_stats,
+    write_shard,
+)
 from freezeempath.data.template import Turn, stop_token_ids
 from freezeempath.labels import Emotion
 
@@ -122,26 +128,6 @@ class EspeakSynthesizer:
 
 
 @dataclass(frozen=True)
-class SerClip:
-    """An SER row that stage 2b can pair: where it is and its labels."""
-
-    shard: str
-    id: str
-    emotion: str
-    emotion_original: str | None
-    split: str
-
-
-@dataclass(frozen=True)
-class PairingPlan:
-    """Stage-2b plan: per instruction shard, its pairs; pseudo labels of all rows; unpaired SER clips."""
-
-    pairs: dict[str, list[dict[str, Any]]]
-    labels: dict[str, str]
-    ser_clips_unpaired: int
-
-
-@dataclass(frozen=True)
 class TargetsSummary:
     """What a target job left in ``out_dir``; ``*_total``, ``rows_skipped`` and ``hours`` cover every output
     shard, resumed ones included. ``hours`` counts ``reply_audio`` for ``speech`` and ``units``, else ``audio``.
@@ -211,98 +197,6 @@ def generate_replies(llm: Any, prompts_: Sequence[list[Turn]], seeds: Sequence[i
         texts = [llm.tokenizer.decode(t, skip_special_tokens=True).strip() for t in tokens]
         replies += [None if bad else text for bad, text in zip(failed, texts, strict=True)]
     return replies
-
-
-def plan_pairs(instructions: Sequence[Mapping[str, Any]], clips: Sequence[SerClip], k: int, seed: int) -> PairingPlan:
-    """Pair instruction rows (``shard``, ``id``, ``split``) with SER clips, split by split (pure, seeded).
-
-    Pseudo labels follow the split's SER label distribution (largest remainder, every label at least once
-    when there are enough rows). Each SER clip takes ``k`` rows of its label, cycling through them in a
-    seeded order; rows never reached are left unpaired. A pair is ``{id, emotion, ser_shard, ser_id,
-    ser_original, copy}``; ``copy`` numbers the ``k`` pairs of one clip.
-    """
-    pairs: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    labels: dict[str, str] = {}
-    unpaired = 0
-    for split in sorted({str(row["split"]) for row in instructions}):
-        rng = random.Random(f"{seed}:{split}")
-        rows = sorted((r for r in instructions if r["split"] == split), key=lambda r: r["id"])
-        by_label: dict[str, list[SerClip]] = defaultdict(list)
-        for clip in sorted((c for c in clips if c.split == split), key=lambda c: c.id):
-            by_label[clip.emotion].append(clip)
-        if not by_label:
-            continue
-        quota = _quotas(len(rows), {e: len(c) for e, c in sorted(by_label.items())})
-        drawn = [e for e, n in quota.items() for _ in range(n)]
-        rng.shuffle(drawn)
-        rng.shuffle(rows)
-        pools: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
-        for row, emotion in zip(rows, drawn, strict=True):
-            labels[row["id"]] = emotion
-            pools[emotion].append(row)
-        for emotion, group in by_label.items():
-            pool, turn = pools[emotion], 0
-            if not pool:
-                unpaired += len(group)
-                continue
-            for clip in rng.sample(group, len(group)):
-                for copy in range(k):
-                    row = pool[turn % len(pool)]
-                    turn += 1
-                    pair = {"id": row["id"], "emotion": emotion, "ser_shard": clip.shard, "ser_id": clip.id}
-                    pairs[row["shard"]].append({**pair, "ser_original": clip.emotion_original, "copy": copy})
-    return PairingPlan(dict(pairs), labels, unpaired)
-
-
-def _quotas(n: int, counts: Mapping[str, int]) -> dict[str, int]:
-    """Split ``n`` rows over labels in proportion to ``counts`` (largest remainder; each ≥ 1 when n allows)."""
-    total = sum(counts.values())
-    exact = {e: n * c / total for e, c in counts.items()}
-    quota = {e: int(x) for e, x in exact.items()}
-    for e in sorted(counts, key=lambda e: (int(exact[e]) - exact[e], e))[: n - sum(quota.values())]:
-        quota[e] += 1
-    for e in [e for e, q in quota.items() if q == 0]:
-        donor = max(quota, key=lambda d: (quota[d], d))
-        if quota[donor] > 1:
-            quota[donor], quota[e] = quota[donor] - 1, 1
-    return quota
-
-
-def list_shards(specs: str | Path | Sequence[str | Path]) -> list[str]:
-    """Shard files from folders (their ``*.parquet``), files or glob patterns; sorted, names unique."""
-    found: list[Path] = []
-    for spec in [specs] if isinstance(specs, str | Path) else specs:
-        path = Path(spec)
-        if path.is_dir():
-            found += sorted(path.glob("*.parquet"))
-        elif path.is_file():
-            found.append(path)
-        elif matches := sorted(glob.glob(str(path))):
-            found += [Path(m) for m in matches if m.endswith(".parquet")]
-        else:
-            raise FileNotFoundError(f"no shards at {spec}")
-    names = Counter(p.name for p in found)
-    if dup := [n for n, c in names.items() if c > 1]:
-        raise ValueError(f"input shards share file names (outputs keep names): {dup[:3]}")
-    return [str(p) for p in sorted(found, key=lambda p: p.name)]
-
-
-def read_ser_clips(shards: Sequence[str]) -> list[SerClip]:
-    """Labelled rows of SER shards (null emotions left out); reads only the label columns."""
-    clips = []
-    for shard in shards:
-        table = pq.read_table(shard, columns=["id", "emotion", "emotion_original", "split"])
-        clips += [SerClip(shard=shard, **row) for row in table.to_pylist() if row["emotion"]]
-    return clips
-
-
-def _instruction_index(shards: Sequence[str]) -> list[dict[str, Any]]:
-    index = []
-    for shard in shards:
-        for row in pq.read_table(shard, columns=["id", "transcript", "split"]).to_pylist():
-            if row["transcript"]:
-                index.append({"shard": shard, "id": row["id"], "split": row["split"]})
-    return index
 
 
 class ReplyMaker:
@@ -535,7 +429,7 @@ def _plans(
         return {s: {} for s in inputs}, 0
     if not ser_shards:
         raise ValueError("pseudo_empathy needs SER shards (--ser)")
-    index = _instruction_index(inputs)
+    index = instruction_index(inputs)
     clips = read_ser_clips(list_shards(ser_shards))
     plan = plan_pairs(index, clips, cfg.targets.pairs_per_ser_clip, cfg.targets.seed)
     ids_by_shard: dict[str, list[str]] = defaultdict(list)
@@ -604,32 +498,3 @@ def _summarize(
         ser_clips_unpaired=unpaired,
         wall_seconds=round(time.perf_counter() - start, 2),
     )
-
-
-def read_waves(shards: str | Sequence[str], column: str = "audio", limit: int = 0, seed: int = 0) -> list[torch.Tensor]:
-    """Mono 16 kHz clips of ``column``: a seeded sample of ``limit`` rows (0 = all); bad rows left out."""
-    keys = [(s, i) for s in list_shards(shards) for i in range(pq.read_metadata(s).num_rows)]
-    if 0 < limit < len(keys):
-        keys = sorted(random.Random(seed).sample(keys, limit))
-    waves = []
-    for shard in dict.fromkeys(s for s, _ in keys):
-        table = pq.read_table(shard, columns=[column]).take([i for s, i in keys if s == shard])
-        for data in table.column(column).to_pylist():
-            try:
-                waves.append(validate_waveform(*decode_audio(data or b""), float("inf"), RATE))
-            except ValueError:
-                logger.warning("skipped an undecodable %s clip in %s", column, shard)
-    return waves
-
-
-def fit_codec(cfg: Config, waves: Sequence[torch.Tensor]) -> tuple[Any, Any]:
-    """Fit a fresh codec of ``model.codec``'s shape on 16 kHz clips → ``(MelKMeansCodec, CodecFitReport)``.
-
-    Save it with ``codec.save(directory)`` and point ``model.codec.path`` at that directory.
-    """
-    from freezeempath.model.codec import build_codec
-
-    codec = build_codec(dataclasses.replace(cfg.model.codec, path=""))
-    t = cfg.targets
-    report = codec.fit(list(waves), kmeans_iters=t.codec_kmeans_iters, decoder_steps=t.codec_decoder_steps, seed=t.seed)
-    return codec, report

@@ -1,0 +1,52 @@
+"""Codec fitting data: seeded samples of clips from shards, and a fresh codec fitted on them.
+
+In: shards (folders, files or globs) and a config. Out: mono 16 kHz waveforms, and a fitted
+``MelKMeansCodec`` with its ``CodecFitReport``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import random
+from collections.abc import Sequence
+from typing import Any
+
+import pyarrow.parquet as pq
+import torch
+
+from freezeempath.config import Config
+from freezeempath.data.audio import decode_audio, validate_waveform
+from freezeempath.data.shards import list_shards
+
+logger = logging.getLogger(__name__)
+RATE = 16_000
+
+
+def read_waves(shards: str | Sequence[str], column: str = "audio", limit: int = 0, seed: int = 0) -> list[torch.Tensor]:
+    """Mono 16 kHz clips of ``column``: a seeded sample of ``limit`` rows (0 = all); bad rows left out."""
+    keys = [(s, i) for s in list_shards(shards) for i in range(pq.read_metadata(s).num_rows)]
+    if 0 < limit < len(keys):
+        keys = sorted(random.Random(seed).sample(keys, limit))
+    waves = []
+    for shard in dict.fromkeys(s for s, _ in keys):
+        table = pq.read_table(shard, columns=[column]).take([i for s, i in keys if s == shard])
+        for data in table.column(column).to_pylist():
+            try:
+                waves.append(validate_waveform(*decode_audio(data or b""), float("inf"), RATE))
+            except ValueError:
+                logger.warning("skipped an undecodable %s clip in %s", column, shard)
+    return waves
+
+
+def fit_codec(cfg: Config, waves: Sequence[torch.Tensor]) -> tuple[Any, Any]:
+    """Fit a fresh codec of ``model.codec``'s shape on 16 kHz clips → ``(MelKMeansCodec, CodecFitReport)``.
+
+    Save it with ``codec.save(directory)`` and point ``model.codec.path`` at that directory.
+    """
+    from freezeempath.model.codec import build_codec
+
+    codec = build_codec(dataclasses.replace(cfg.model.codec, path=""))
+    t = cfg.targets
+    report = codec.fit(list(waves), kmeans_iters=t.codec_kmeans_iters, decoder_steps=t.codec_decoder_steps, seed=t.seed)
+    return codec, report
