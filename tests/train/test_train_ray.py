@@ -54,8 +54,9 @@ STAGE_ZERO = STAGE_ZERO_RAY  # the other mode of each stage: test_zero_matrix.py
 
 
 @pytest.mark.parametrize(("stage", "zero"), STAGE_ZERO)
-def test_stage_trains_with_frozen_parts_unchanged(ray_local, tmp_path, shards, stage, zero):
-    cfg = tiny_train_cfg(tmp_path, shards, stage, zero)
+def test_stage_trains_with_frozen_parts_unchanged(ray_local, tmp_path, shards, stage, zero, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # relative output paths, as in the shipped configs: the driver resolves them
+    cfg = tiny_train_cfg(tmp_path, shards, stage, zero, "output_dir=out", "train.storage_path=ray")
     summary = run_training(cfg)
     out = tmp_path / "out"
     assert summary.steps == 2

@@ -11,7 +11,7 @@ from __future__ import annotations
 import glob
 import json
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +61,7 @@ def run_training(cfg: Config) -> TrainSummary:
     from freezeempath.data.pipeline import build_dataset, skip_counter
     from freezeempath.train.loop import train_loop_per_worker
 
+    cfg = with_absolute_paths(cfg)
     out = Path(cfg.output_dir)
     save_config(cfg, out)
     stage = Stage(cfg.train.stage)
@@ -92,12 +93,34 @@ def run_training(cfg: Config) -> TrainSummary:
     return _summarise(cfg, rows, skipped, result)
 
 
+def with_absolute_paths(cfg: Config) -> Config:
+    """Output, storage, shard and artefact paths made absolute here, on the driver: Ray Train workers run in
+    their own working directory, where a relative ``output_dir`` would land out of sight."""
+    return replace(
+        cfg,
+        output_dir=_absolute(cfg.output_dir),
+        data=replace(cfg.data, train_shards=tuple(_absolute(s) for s in cfg.data.train_shards)),
+        train=replace(
+            cfg.train,
+            storage_path=_absolute(cfg.train.storage_path),
+            init_from=tuple(_absolute(p) for p in cfg.train.init_from),
+        ),
+    )
+
+
+def _absolute(path: str) -> str:
+    """``path`` (a folder, file or glob) against the current directory; URIs pass through."""
+    return path if "://" in path or Path(path).is_absolute() else str(Path.cwd() / path)
+
+
 def _summarise(cfg: Config, rows: int, skipped: dict[str, int], result: Any) -> TrainSummary:
     from freezeempath.train.metrics import plot_losses, write_csv
 
     out = Path(cfg.output_dir)
     jsonl = out / "metrics.jsonl"
-    history = [json.loads(line) for line in jsonl.read_text().splitlines()] if jsonl.exists() else []
+    if not jsonl.exists():
+        raise RuntimeError(f"the training workers wrote no metrics to {jsonl}")
+    history = [json.loads(line) for line in jsonl.read_text().splitlines()]
     write_csv(out / "metrics.csv", history)
     plot_losses(history, out / "loss.png")
     summary = TrainSummary(
