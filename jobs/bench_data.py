@@ -30,6 +30,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", default="outputs/bench_data")
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--repeat", type=int, default=4, help="read the corpus this many times for ingest")
+    parser.add_argument("--config", default="tiny", help="preset whose features the ingest comparison computes")
     args = parser.parse_args(argv)
     out = Path(args.out).resolve()
     if not ray.is_initialized():
@@ -37,7 +38,7 @@ def main(argv: list[str] | None = None) -> dict:
     build_sample_corpus(out / "shards")
     paths = expand_shards((str(out / "shards"),)) * args.repeat  # a longer stream for a steady-state rate
     # 2 feature actors × 0.75 CPU + reads at 0.25 fit 2 cores; at 1 CPU each the second actor never starts.
-    ingest_cfg = load_config("tiny", ["data.feature_workers=2", "data.feature_cpus=0.75", "data.feature_batch=8"])
+    ingest_cfg = load_config(args.config, ["data.feature_workers=2", "data.feature_cpus=0.75", "data.feature_batch=8"])
     ingest = measure_ingest(paths, ingest_cfg)
     train_cfg = load_config(
         "tiny",
