@@ -29,7 +29,7 @@ from freezeempath.model.emotion import AuxEmotionHead, EmotionExtractor
 from freezeempath.model.encoder import SpeechEncoder
 from freezeempath.model.llm import FrozenLLM
 from freezeempath.model.speech_decoder import SpeechDecoder
-from freezeempath.model.spoken_chat import FreezeEmpathModel, param_dtype
+from freezeempath.model.spoken_chat import FreezeEmpathModel, param_dtype, understand_encoded
 
 log = logging.getLogger(__name__)
 
@@ -58,15 +58,11 @@ class SpeechUnderstander(nn.Module):
     def understand(self, mel: torch.Tensor, mel_lens: torch.Tensor) -> Understanding:
         """``mel (C, n_mels, F)``, ``mel_lens (C,)`` → S, its lengths, E and aux logits per clip.
 
-        Same computation as ``FreezeEmpathModel.understand``; encoder states are cast to the trained
-        parts' dtype so a bfloat16 encoder can feed float32 adapters.
+        Same computation as ``FreezeEmpathModel.understand`` (both end in ``understand_encoded``).
         """
         with self._encoder_lock:
             enc = self.encoder(mel.to(param_dtype(self.encoder)), mel_lens)
-        dtype = param_dtype(self.adapter)
-        speech, speech_lens = self.adapter(enc.last.to(dtype), enc.lens)
-        emotion = self.emotion(enc.layers.to(dtype), enc.lens)
-        return Understanding(speech, speech_lens, emotion, self.aux_head(emotion))
+        return understand_encoded(enc, self.adapter, self.emotion, self.aux_head)
 
 
 def _seed(cfg: ModelConfig, part: str) -> None:

@@ -14,7 +14,7 @@ from freezeempath.batch import ChatOutput, SpeechChatBatch, Understanding
 from freezeempath.data.audio import WhisperLogMel
 from freezeempath.model.adapter import FrameStackAdapter
 from freezeempath.model.emotion import AuxEmotionHead, EmotionExtractor
-from freezeempath.model.encoder import SpeechEncoder
+from freezeempath.model.encoder import EncoderOutput, SpeechEncoder
 from freezeempath.model.fusion import IGNORE_INDEX, FusedInputs, merge_placeholders
 from freezeempath.model.llm import FrozenLLM
 from freezeempath.model.speech_decoder import SpeechDecoder
@@ -67,10 +67,7 @@ class FreezeEmpathModel(nn.Module):
         """``mel (C, n_mels, F)``, ``mel_lens (C,)`` → S, its lengths, E and aux logits per clip."""
         with torch.no_grad():
             enc = self.encoder(mel.to(param_dtype(self.encoder)), mel_lens)
-        dtype = param_dtype(self.adapter)  # a bfloat16 frozen encoder may feed float32 trained parts
-        speech, speech_lens = self.adapter(enc.last.to(dtype), enc.lens)
-        emotion = self.emotion(enc.layers.to(dtype), enc.lens)
-        return Understanding(speech, speech_lens, emotion, self.aux_head(emotion))
+        return understand_encoded(enc, self.adapter, self.emotion, self.aux_head)
 
     def fuse(self, batch: SpeechChatBatch, und: Understanding, padding_side: str = "right") -> FusedInputs:
         """Fill each sequence's slots with the S and E of the clips they name (in the LLM's dtype)."""
@@ -145,6 +142,19 @@ class FreezeEmpathModel(nn.Module):
         for b, (r, t) in enumerate(zip(rows, toks, strict=True)):
             out_h[b, : r.shape[0]], out_t[b, : t.numel()] = r, t
         return out_h, out_t, lens
+
+
+def understand_encoded(
+    enc: EncoderOutput, adapter: FrameStackAdapter, emotion: EmotionExtractor, aux_head: AuxEmotionHead
+) -> Understanding:
+    """Encoder output → S, its lengths, E and aux logits per clip (the trained speech-side parts).
+
+    Encoder states are cast to the trained parts' dtype: a bfloat16 frozen encoder may feed float32 parts.
+    """
+    dtype = param_dtype(adapter)
+    speech, speech_lens = adapter(enc.last.to(dtype), enc.lens)
+    e = emotion(enc.layers.to(dtype), enc.lens)
+    return Understanding(speech, speech_lens, e, aux_head(e))
 
 
 def param_dtype(module: nn.Module) -> torch.dtype:
