@@ -95,33 +95,44 @@ class SpeechDecoder(nn.Module):
             units: ``(B, m)`` codec units; ``unit_lens (B,)`` valid counts.
             read: R text states per chunk. write: W units per chunk.
         """
-        sequences, targets = [], []
-        for b in range(hidden.shape[0]):
-            n, m = int(text_lens[b]), int(unit_lens[b])
-            sep = self.embed(torch.tensor([self.sep_id], device=hidden.device))
-            text_side = torch.cat([self.fuse(hidden[b, :n], tokens[b, :n]), sep])  # (n + 1, d)
-            unit_ids = torch.cat([self.unit_ids(units[b, :m]), units.new_tensor([self.eos_id])])  # (m + 1,)
-            unit_side = self.embed(unit_ids)  # (m + 1, d)
-            layout = interleave_layout(n + 1, m + 1, read, write)
-            order = torch.tensor([i if side is Side.TEXT else n + 1 + i for side, i in layout], device=hidden.device)
-            sequences.append(torch.cat([text_side, unit_side])[order])  # (L, d) in read/write order
-            targets.append(torch.cat([unit_ids.new_full((n + 1,), IGNORE_INDEX), unit_ids])[order])
-        embeds, labels, mask, lens = _pad_right(sequences, targets)
+        batch, n_max, m_max = hidden.shape[0], tokens.shape[1], units.shape[1]
+        text_valid = torch.arange(n_max, device=hidden.device) < text_lens[:, None]  # (B, n)
+        unit_valid = torch.arange(m_max + 1, device=hidden.device) < unit_lens[:, None]  # (B, m + 1)
+        unit_ids = self.unit_ids(torch.cat([units, units.new_zeros(batch, 1)], dim=1).masked_fill(~unit_valid, 0))
+        unit_ids = unit_ids.masked_fill(~unit_valid, self.eos_id)  # (B, m + 1): units, then EOS
+        text = self.fuse(hidden, tokens.masked_fill(~text_valid, 0))  # (B, n, d), all rows in one call
+        sep = self.embed(unit_ids.new_full((batch, 1), self.sep_id))
+        zero = text.new_zeros(batch, 1, text.shape[-1])
+        # Per row, a pool [text states | <sep> | units + EOS | zero]; each sequence gathers from it.
+        pool = torch.cat([text, sep, self.embed(unit_ids), zero], dim=1)
+        ignore = unit_ids.new_full((batch, n_max + 1), IGNORE_INDEX)
+        label_pool = torch.cat([ignore, unit_ids, unit_ids.new_full((batch, 1), IGNORE_INDEX)], dim=1)
+        order, lens = _interleave_order(text_lens.tolist(), unit_lens.tolist(), n_max, m_max, read, write)
+        order, lens = order.to(hidden.device), lens.to(hidden.device)
+        rows = torch.arange(batch, device=hidden.device)[:, None]
+        embeds, labels = pool[rows, order], label_pool[rows, order]  # (B, L, d), (B, L)
+        mask = (torch.arange(order.shape[1], device=hidden.device)[None] < lens[:, None]).long()
         logits = self.lm(inputs_embeds=embeds, attention_mask=mask, return_dict=True).logits  # (B, L, V)
         loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE_INDEX)
         return DecoderOutput(logits=logits, labels=labels, loss=loss, lens=lens)
 
 
-def _pad_right(seqs: list[torch.Tensor], targets: list[torch.Tensor]):
-    lens = torch.tensor([s.shape[0] for s in seqs], device=seqs[0].device)
-    length = int(lens.max())
-    embeds = seqs[0].new_zeros(len(seqs), length, seqs[0].shape[-1])
-    labels = torch.full((len(seqs), length), IGNORE_INDEX, dtype=torch.long, device=seqs[0].device)
-    for i, (s, t) in enumerate(zip(seqs, targets, strict=True)):
-        embeds[i, : s.shape[0]] = s
-        labels[i, : t.shape[0]] = t
-    mask = (torch.arange(length, device=lens.device)[None] < lens[:, None]).long()
-    return embeds, labels, mask, lens
+def _interleave_order(
+    text_lens: list[int], unit_lens: list[int], n_max: int, m_max: int, read: int, write: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices into the per-row pool of :meth:`SpeechDecoder.forward`, in read/write order.
+
+    Pool positions: text ``[0, n_max)``, ``<sep>`` at ``n_max``, units + EOS from ``n_max + 1``, and a zero
+    row last, which padding points at. Returns ``order (B, L)`` and sequence lengths ``(B,)``.
+    """
+    zero_row = n_max + 1 + m_max + 1
+    orders = []
+    for n, m in zip(text_lens, unit_lens, strict=True):
+        layout = interleave_layout(n + 1, m + 1, read, write)
+        orders.append([(i if i < n else n_max) if side is Side.TEXT else n_max + 1 + i for side, i in layout])
+    length = max(len(o) for o in orders)
+    order = torch.tensor([o + [zero_row] * (length - len(o)) for o in orders])
+    return order, torch.tensor([len(o) for o in orders])
 
 
 class StreamState(enum.Enum):

@@ -10,10 +10,14 @@ from freezeempath.config import TrainConfig
 
 
 def make_optimizer(params: list[torch.nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW over ``params`` (the stage's trainable parameters; never an empty group)."""
+    """AdamW over ``params`` (the stage's trainable parameters; never an empty group).
+
+    ``fused``: one kernel per step instead of a Python loop over tensors; on CPU that loop is a
+    sizeable share of a small model's step (stage 3 on tiny: about a fifth).
+    """
     if not params:
         raise ValueError("no trainable parameters for the optimizer")
-    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
 
 
 def warmup_cosine(total_steps: int, warmup_ratio: float):
