@@ -1,4 +1,4 @@
-"""Serve application builder: ``ServeArgs`` → ``Gateway(SpeechUnderstanding, SpeechDecoder(LLM), Vocoder)``.
+"""Serve application builder: ``ServeArgs`` → ``Gateway(SpeechUnderstanding, SpeechDecoder(LLM, Vocoder))``.
 
 In: the ``args:`` of a Serve YAML (validated as :class:`~serve.schemas.ServeArgs`). Out: the bound
 application; each deployment takes its replicas, autoscaling, actor options, queue limits and batching
@@ -33,8 +33,10 @@ def build_app(args: ServeArgs | dict[str, Any]) -> Application:
         args.model, args.batching_of("understanding")
     )
     llm = LLM.options(**d.llm.serve_options()).bind(args.model)
-    decoder = SpeechDecoder.options(**d.decoder.serve_options()).bind(llm, args.model, args.batching_of("decoder"))
     vocoder = Vocoder.options(**d.vocoder.serve_options()).bind(
         args.model, args.batching_of("vocoder"), args.output_sample_rate
     )
-    return Gateway.options(**d.gateway.serve_options()).bind(understanding, decoder, vocoder, args)
+    decoder = SpeechDecoder.options(**d.decoder.serve_options()).bind(
+        llm, vocoder, args.model, args.batching_of("decoder")
+    )
+    return Gateway.options(**d.gateway.serve_options()).bind(understanding, decoder, args)

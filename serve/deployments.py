@@ -5,13 +5,15 @@ What crosses each hop (all CPU tensors, pickled by Ray)::
     Gateway ──clip (N,) 16 kHz──▶ SpeechUnderstanding ──ClipFeatures: S (L_S, D), E (1, D), emotion──▶ Gateway
     Gateway ──GenerationRequest──▶ SpeechDecoder.stream ──[requests of one batch]──▶ LLM.generate
     LLM.generate ──per round: TextGroup | None per stream (≤ R tokens, pieces, hidden (k, D))──▶ SpeechDecoder
-    SpeechDecoder.stream ──SpeechChunk (text, ≤ W units, finish)──▶ Gateway
-    Gateway ──VocodeRequest (state, units)──▶ Vocoder ──VocodeResult (audio at 24 kHz, state)──▶ Gateway
+    SpeechDecoder ──per round: [VocodeRequest (state, units)] of its streams──▶ Vocoder.vocode_round
+    Vocoder.vocode_round ──[VocodeResult (audio at 24 kHz, state)]──▶ SpeechDecoder
+    SpeechDecoder.stream ──SpeechChunk (text, ≤ W units, audio, finish)──▶ Gateway
 
 ``SpeechUnderstanding`` and ``Vocoder`` batch with ``@serve.batch``; ``SpeechDecoder`` groups queued
 streams into sessions, each driving one LLM stream for all its replies in lockstep (so the LLM batches
 too). Each stream's decoder KV cache is a row of its session's cache and is freed when the session
-ends. Run with::
+ends. A session vocodes each round of all its streams in one vocoder call, while it decodes the next
+round, and keeps the streams' vocoder states. Run with::
 
     serve run serve/configs/local.yaml
 """
@@ -19,6 +21,7 @@ ends. Run with::
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections import deque
 from collections.abc import AsyncIterator
@@ -30,7 +33,7 @@ from freezeempath.inference.llm_session import GenerationRequest, LLMSession, Te
 from freezeempath.inference.parts import build_codec_part, build_decoder_part, build_llm_part, build_understander
 from freezeempath.inference.speech_session import SpeechChunk, SpeechSession
 from freezeempath.inference.understanding import ClipFeatures, understand_clips
-from freezeempath.inference.vocode import VocodeRequest, VocodeResult, vocode_batch
+from freezeempath.inference.vocode import VocodeRequest, VocodeResult, VocoderState, vocode_batch
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
@@ -106,10 +109,10 @@ class SpeechDecoder:
     next one. Batching off: every reply is a session of its own, up to ``DECODER_SESSIONS`` side by side.
     """
 
-    def __init__(self, llm: DeploymentHandle, model: ModelArgs, batching: Batching) -> None:
+    def __init__(self, llm: DeploymentHandle, vocoder: DeploymentHandle, model: ModelArgs, batching: Batching) -> None:
         cfg, device = _setup(model)
         self.decoder = build_decoder_part(cfg.model, model.weights, device)
-        self.llm = llm.options(stream=True)
+        self.llm, self.vocoder = llm.options(stream=True), vocoder
         sd = cfg.model.speech_decoder
         self.read, self.write, self.max_units = sd.read, sd.write, sd.max_units
         self.unit_temperature = cfg.model.generation.unit_temperature
@@ -176,6 +179,23 @@ class SpeechDecoder:
             self.unit_temperature,
             [r.seed for r in requests],
         )
+        voice, pending = RoundVocoder(self.vocoder, [r.speech_output for r in requests]), None
+        try:
+            async for chunks in self._decoded(session, requests):
+                # Vocode this round while the next one decodes; yield rounds in order.
+                vocoded, pending = pending, voice.submit(chunks)
+                if vocoded is not None:
+                    yield await vocoded
+            if pending is not None:
+                vocoded, pending = pending, None
+                yield await vocoded
+        finally:
+            if pending is not None:
+                pending.cancel()
+
+    async def _decoded(
+        self, session: SpeechSession, requests: list[GenerationRequest]
+    ) -> AsyncIterator[list[SpeechChunk | None]]:
         async for groups in self.llm.generate.remote(requests):
             yield await asyncio.to_thread(session.round, groups)
         while not session.done:
@@ -183,6 +203,46 @@ class SpeechDecoder:
 
 
 _END = object()  # end of one stream's chunks
+
+
+class RoundVocoder:
+    """One session's vocoding: one vocoder call per round for all its streams, chained round after round.
+
+    Each call waits for the previous round's (the streams' vocoder states come from it), so a session
+    may submit round k + 1 while round k is still being vocoded.
+    """
+
+    def __init__(self, vocoder: DeploymentHandle, speech_output: list[bool]) -> None:
+        self.vocoder, self.wanted = vocoder, speech_output
+        self.states: list[VocoderState | None] = [None] * len(speech_output)
+        self.last: asyncio.Task | None = None
+
+    def submit(self, chunks: list[SpeechChunk | None]) -> asyncio.Task:
+        """Start vocoding ``chunks``; the task returns them with ``audio`` set where speech is wanted."""
+        self.last = asyncio.get_running_loop().create_task(self._vocode(chunks, self.last))
+        return self.last
+
+    async def _vocode(self, chunks: list[SpeechChunk | None], previous: asyncio.Task | None):
+        if previous is not None:
+            await previous
+        todo = [b for b, c in enumerate(chunks) if c is not None and self.wanted[b] and _sounds(c)]
+        if not todo:
+            return chunks
+        requests = [VocodeRequest(self.states[b], chunks[b].units, final=_final(chunks[b])) for b in todo]
+        results = await self.vocoder.vocode_round.remote(requests)
+        out = list(chunks)
+        for b, result in zip(todo, results, strict=True):
+            self.states[b], out[b] = result.state, dataclasses.replace(chunks[b], audio=result.audio)
+        return out
+
+
+def _final(chunk: SpeechChunk) -> bool:
+    return chunk.finish_reason is not None
+
+
+def _sounds(chunk: SpeechChunk) -> bool:
+    """A chunk to vocode: it has units, or it ends its stream (the resampler's tail is flushed)."""
+    return chunk.error is None and (bool(chunk.units) or _final(chunk))
 
 
 @serve.deployment
@@ -194,9 +254,9 @@ class Vocoder:
         self.codec, self.output_rate = build_codec_part(cfg.model, device), output_rate
         _configure(self.vocode_batch, batching)
 
-    async def vocode(self, request: VocodeRequest) -> VocodeResult:
-        """One chunk of one stream."""
-        return await self.vocode_batch(request)
+    async def vocode_round(self, requests: list[VocodeRequest]) -> list[VocodeResult]:
+        """One round of a decoder session: a chunk per stream (they join the dynamic batch together)."""
+        return list(await asyncio.gather(*(self.vocode_batch(r) for r in requests)))
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005, max_concurrent_batches=CONCURRENT_BATCHES)
     async def vocode_batch(self, requests: list[VocodeRequest]) -> list[VocodeResult]:

@@ -38,7 +38,6 @@ from freezeempath.inference.audio_io import encode_audio, pcm16_bytes
 from freezeempath.inference.dialogue import EmotionResult, prepare_dialogue
 from freezeempath.inference.speech_session import SpeechChunk
 from freezeempath.inference.understanding import ClipFeatures, generation_request
-from freezeempath.inference.vocode import VocodeRequest
 from pydantic import BaseModel, ValidationError
 from ray import serve
 from ray.serve.exceptions import BackPressureError
@@ -184,16 +183,14 @@ def _emotion(e: EmotionResult | None) -> dict[str, Any] | None:
 @serve.deployment
 @serve.ingress(app)
 class Gateway:
-    """The HTTP ingress; holds handles to understanding, decoder and vocoder, and the audio-id store."""
+    """The HTTP ingress; holds handles to understanding and the decoder (which vocodes), and the audio-id store."""
 
-    def __init__(
-        self, understanding: DeploymentHandle, decoder: DeploymentHandle, vocoder: DeploymentHandle, args: ServeArgs
-    ) -> None:
+    def __init__(self, understanding: DeploymentHandle, decoder: DeploymentHandle, args: ServeArgs) -> None:
         self.args, self.keys, self.limits = args, args.keys(), args.limits
         gen = args.model.resolve().model
         self.max_seconds = min(args.limits.max_audio_seconds, gen.encoder.max_input_seconds)
         self.temperature, self.seed = gen.generation.temperature, gen.generation.seed
-        self.understanding, self.decoder, self.vocoder = understanding, decoder.options(stream=True), vocoder
+        self.understanding, self.decoder = understanding, decoder.options(stream=True)
         self.store, self.clips = AudioStore(args.limits.max_stored_audio), OrderedDict[str, ClipFeatures]()
         self.active = 0
 
@@ -277,17 +274,14 @@ class Gateway:
         return result
 
     async def _parts(self, reply: Reply) -> AsyncIterator[tuple[SpeechChunk, torch.Tensor | None]]:
-        """Decoder chunks, each with its audio once vocoded (the first audio leaves after W units)."""
-        chunk, state = reply.first, None
+        """Decoder chunks with their audio, vocoded by the decoder's session (the first after W units)."""
+        chunk = reply.first
         while True:
             if chunk.error is not None:
                 raise RuntimeError(chunk.error)
-            final, audio = chunk.finish_reason is not None, None
-            if reply.plan.audio_out and (chunk.units or final):
-                result = await self.vocoder.vocode.remote(VocodeRequest(state, chunk.units, final=final))
-                state, audio = result.state, result.audio
-                if audio.numel() and reply.first_audio is None:
-                    reply.first_audio = time.perf_counter() - reply.started
+            final, audio = chunk.finish_reason is not None, chunk.audio if reply.plan.audio_out else None
+            if audio is not None and audio.numel() and reply.first_audio is None:
+                reply.first_audio = time.perf_counter() - reply.started
             reply.transcript += chunk.text
             reply.tokens, reply.units = reply.tokens + len(chunk.token_ids), reply.units + len(chunk.units)
             yield chunk, audio

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -12,14 +14,17 @@ import torchaudio
 from freezeempath.config import SpeechDecoderConfig, load_config
 from freezeempath.data.template import Turn
 from freezeempath.inference.audio_io import StreamingResampler, decode_input_audio, encode_audio, pcm16_bytes
+from freezeempath.inference.dialogue import FinishReason
 from freezeempath.inference.llm_session import GenerationRequest, LLMSession
 from freezeempath.inference.parts import build_decoder_part, build_full_model, build_understander
-from freezeempath.inference.speech_session import BatchedUnitStreams
+from freezeempath.inference.speech_session import BatchedUnitStreams, SpeechChunk
 from freezeempath.inference.vocode import VocodeRequest, vocode_batch
 from freezeempath.model.build import build_speech_decoder
 from freezeempath.model.codec import build_codec
 from freezeempath.model.speech_decoder import StreamState, UnitStream
 from helpers import speech_like
+
+from serve.deployments import RoundVocoder
 
 
 @pytest.mark.parametrize(("orig", "new"), [(16_000, 24_000), (22_050, 24_000), (24_000, 16_000)])
@@ -51,6 +56,39 @@ def test_vocode_batch_equals_one_stream_push_and_resamples():
         torch.testing.assert_close(torch.cat(parts), ref, atol=1e-4, rtol=0)
     final = vocode_batch(codec, [VocodeRequest(None, tuple(streams[0].tolist()), final=True)], output_rate=24_000)
     assert final[0].audio.numel() == streams[0].numel() * codec.hop_length * 3 // 2 and final[0].sample_rate == 24_000
+
+
+def test_round_vocoder_chains_states_across_overlapping_rounds():
+    """Rounds submitted back to back (the session decodes on meanwhile) give each stream's one-by-one audio."""
+    codec = build_codec(load_config("tiny").model.codec)
+
+    class Transport:  # stands in for the handle's ``.remote`` hop only; the vocoding is the real one
+        async def _call(self, requests):
+            await asyncio.sleep(0.01)  # later rounds are submitted before this one returns
+            return vocode_batch(codec, requests, output_rate=24_000)
+
+        def __getattr__(self, name):
+            return type("Method", (), {"remote": staticmethod(self._call)})
+
+    g = torch.Generator().manual_seed(1)
+    units = [torch.randint(0, codec.n_units, (15,), generator=g).tolist() for _ in range(2)]
+    rounds = [[SpeechChunk(text="x", units=tuple(u[i : i + 5])) for u in units] for i in range(0, 15, 5)]
+    rounds[-1] = [replace(c, finish_reason=FinishReason.STOP) for c in rounds[-1]]
+    rounds[1][1] = None  # a stream with nothing this round
+
+    async def run():
+        voice = RoundVocoder(Transport(), [True, False])  # the second stream wants no speech
+        tasks = [voice.submit(chunks) for chunks in rounds]
+        return [await t for t in tasks]
+
+    done = asyncio.run(run())
+    states, ref = None, []
+    for i in range(0, 15, 5):
+        result = vocode_batch(codec, [VocodeRequest(states, tuple(units[0][i : i + 5]), final=i == 10)], 24_000)[0]
+        states = result.state
+        ref.append(result.audio)
+    torch.testing.assert_close(torch.cat([r[0].audio for r in done]), torch.cat(ref))
+    assert all(r[1] is None or r[1].audio is None for r in done) and done[1][1] is None
 
 
 @pytest.mark.parametrize("temperature", [0.0, 1.0])

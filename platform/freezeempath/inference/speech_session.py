@@ -22,7 +22,11 @@ from freezeempath.model.speech_decoder import SpeechDecoder, StreamState
 
 @dataclass(frozen=True)
 class SpeechChunk:
-    """One stream's output of one round; ``finish_reason`` is set on its last chunk."""
+    """One stream's output of one round; ``finish_reason`` is set on its last chunk.
+
+    ``audio``: the units vocoded, float32 ``(N,)`` at the output rate, when whoever ran the round
+    also vocoded it (the serving decoder does); None otherwise.
+    """
 
     text: str
     token_ids: tuple[int, ...] = ()
@@ -31,6 +35,7 @@ class SpeechChunk:
     finish_reason: FinishReason | None = None
     prompt_tokens: int = 0
     error: str | None = None
+    audio: torch.Tensor | None = None
 
 
 class BatchedUnitStreams:
