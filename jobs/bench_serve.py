@@ -16,10 +16,12 @@ first audio ≤ 25 % of the full reply) and writes them as JSON::
         model.dtype=float32 model.speech_decoder.max_units=60   # CPU smoke test of that path
     ray job submit --working-dir . -- python -m jobs.bench_serve --out outputs/bench_serve.json
 
-Hops per request = proxy→gateway, understanding, decoder stream, LLM stream, and one vocoder call per
-audio chunk. Overhead per hop = median over requests of (Serve − in-process latency of the same request,
-run back to back) / hops; it includes HTTP, JSON, base64, 24 kHz resampling and pcm16 encoding. For
-scale, ``healthz_round_trip_ms`` is a bare HTTP → proxy → gateway round trip measured alongside.
+Hops per request = proxy→gateway, understanding, decoder stream, LLM stream, and the decoder's vocoder
+call per round (one per audio chunk at concurrency 1). Overhead per hop = median over requests of
+(Serve − in-process latency of the same request, run back to back) / hops, with batching on and off; it
+includes HTTP, JSON, base64, 24 kHz resampling, pcm16 encoding and (on) the batch waits. For
+scale, ``healthz_round_trip_ms`` is a bare HTTP → proxy → gateway round trip and ``noop_handle_call_ms``
+a handle call that does no work (driver → vocoder replica), both measured alongside.
 """
 
 from __future__ import annotations
@@ -188,6 +190,23 @@ def healthz_ms(url: str, n: int = 20) -> float:
     return float(np.median(times) * 1000)
 
 
+def noop_call_ms(app: str, n: int = 50) -> float:
+    """Median round trip of a handle call that does no work (``Vocoder.vocode_round([])``): one bare hop."""
+    from ray import serve
+
+    handle = serve.get_deployment_handle("Vocoder", app_name=app)
+
+    async def timed() -> list[float]:
+        times = []
+        for _ in range(n):
+            start = time.perf_counter()
+            await handle.vocode_round.remote([])
+            times.append(time.perf_counter() - start)
+        return times
+
+    return float(np.median(asyncio.run(timed())) * 1000)
+
+
 def paired_c1(responder: Any, data: list, bodies: list, url: str, max_tokens: int) -> tuple[list, dict]:
     """Each request in-process, then through ``/on`` and ``/off``, back to back (concurrency 1)."""
     runs: dict[str, list[dict[str, float]]] = {"in-process": [], "on": [], "off": []}
@@ -202,9 +221,12 @@ def paired_c1(responder: Any, data: list, bodies: list, url: str, max_tokens: in
         for name, r in runs.items()
     ]
     hops = 4 + np.array([r["chunks"] for r in runs["on"]])
-    extra = np.array([s["total"] - p["total"] for s, p in zip(runs["on"], runs["in-process"], strict=True)])
-    summary = {"overhead_per_hop_ms": float(np.median(extra * 1000 / hops)), "hops_per_request": float(hops.mean())}
-    return rows, {**summary, "healthz_round_trip_ms": (bare_hop + healthz_ms(url)) / 2}
+    summary: dict[str, float] = {"hops_per_request": float(hops.mean())}
+    for mode, key in (("on", "overhead_per_hop_ms"), ("off", "overhead_per_hop_ms_batching_off")):
+        extra = np.array([s["total"] - p["total"] for s, p in zip(runs[mode], runs["in-process"], strict=True)])
+        summary[key] = float(np.median(extra * 1000 / hops))
+    bare = {"healthz_round_trip_ms": (bare_hop + healthz_ms(url)) / 2, "noop_handle_call_ms": noop_call_ms("bench-on")}
+    return rows, {**summary, **bare}
 
 
 def alternating(args: argparse.Namespace, bodies: list, url: str, concurrency: int) -> list[dict[str, Any]]:

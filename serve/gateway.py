@@ -322,12 +322,15 @@ class Gateway:
         try:
             yield self._event(reply, {"role": "assistant", "content": None}, x_emotion=_emotion(reply.emotion))
             async for chunk, audio in self._parts(reply):
+                events = ""  # a chunk's transcript and audio events leave in one write: one message to the proxy
                 if chunk.text:
                     delta = {"audio": {"id": reply.audio_id, "transcript": chunk.text}} if audio_out else {}
-                    yield self._event(reply, delta or {"content": chunk.text})
+                    events += self._event(reply, delta or {"content": chunk.text})
                 if audio is not None and audio.numel():
                     data = base64.b64encode(pcm16_bytes(audio)).decode()
-                    yield self._event(reply, {"audio": {"id": reply.audio_id, "data": data}})
+                    events += self._event(reply, {"audio": {"id": reply.audio_id, "data": data}})
+                if events:
+                    yield events
             if audio_out:
                 yield self._event(reply, {"audio": {"id": reply.audio_id, "expires_at": self._store(reply)}})
             yield self._event(reply, {}, finish_reason=reply.finish)
