@@ -20,11 +20,9 @@ from freezeempath.data.audio import decode_audio
 from freezeempath.data.codec_fit import fit_codec, read_waves
 from freezeempath.data.pairing import SerClip, plan_pairs
 from freezeempath.data.shards import encode_flac, read_stats, write_shard
+from freezeempath.data.synthesis import REPLY_VOICE, EspeakSynthesizer, Synthesizer
 from freezeempath.data.targets import (
-    REPLY_VOICE,
-    EspeakSynthesizer,
     SpeechMaker,
-    Synthesizer,
     TargetKind,
     generate_replies,
     load_llm,

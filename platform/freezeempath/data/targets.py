@@ -9,8 +9,9 @@ shard per input shard, with the same file name, plus ``summary.json``. Kinds (:c
   under the empathetic system prompt; each SER clip is paired with K instruction rows of its split and
   label (cycling), giving rows with the instruction ``audio``, the label, the reply and the SER clip's
   FLAC in ``emotion_audio``.
-- ``speech`` (stage 3): ``reply_audio`` = the reply spoken by a :class:`Synthesizer` (built in: espeak-ng
-  with the per-emotion presets of ``sample_corpus``) in the voice style of :data:`REPLY_VOICE`.
+- ``speech`` (stage 3): ``reply_audio`` = the reply spoken by a :class:`~freezeempath.data.synthesis.Synthesizer`
+  (built in: espeak-ng with the per-emotion presets of ``sample_corpus``) in the voice style of
+  :data:`~freezeempath.data.synthesis.REPLY_VOICE`.
 - ``units`` (stage 3): ``reply_units`` = the codec's units of ``reply_audio``.
 
 Rows that cannot get a target are dropped and counted by :class:`SkipReason`. The pending shards run on a
@@ -28,15 +29,13 @@ import io
 import json
 import logging
 import subprocess
-import tempfile
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
-import numpy as np
 import pyarrow.parquet as pq
 import soundfile as sf
 import torch
@@ -46,7 +45,6 @@ from freezeempath.config import Config, from_dict, to_dict
 from freezeempath.data.audio import decode_audio, validate_waveform
 from freezeempath.data.pairing import instruction_index, plan_pairs, read_ser_clips
 from freezeempath.data.prepare import SUMMARY_FILE, write_json
-from freezeempath.data.sample_corpus import ESPEAK, PRESETS, SPEAKERS, install_variants
 from freezeempath.data.shards import (
     REQUIRED_COLUMNS,
     check_columns,
@@ -55,20 +53,13 @@ from freezeempath.data.shards import (
     read_stats,
     write_shard,
 )
+from freezeempath.data.synthesis import REPLY_VOICE, EspeakSynthesizer, Synthesizer
 from freezeempath.data.template import Turn, stop_token_ids
 from freezeempath.labels import Emotion
 
 logger = logging.getLogger(__name__)
 
 RATE = 16_000
-REPLY_VOICE: dict[Emotion, Emotion] = {
-    Emotion.SAD: Emotion.SAD,  # soft, slow and low: the closest preset to a comforting voice
-    Emotion.ANGRY: Emotion.NEUTRAL,  # answer anger calmly, never in kind
-    Emotion.HAPPY: Emotion.HAPPY,
-    Emotion.SURPRISED: Emotion.SURPRISED,
-    Emotion.NEUTRAL: Emotion.NEUTRAL,
-}
-"""User's emotion → preset of the reply's voice (``method.md`` §4.2 groups replies into style categories)."""
 
 
 class TargetKind(enum.Enum):
@@ -92,39 +83,6 @@ class SkipReason(enum.Enum):
     SYNTHESIS_FAILED = "synthesis_failed"
     NO_REPLY_AUDIO = "no_reply_audio"
     UNDECODABLE = "undecodable"
-
-
-@runtime_checkable
-class Synthesizer(Protocol):
-    """A TTS engine: text and emotion → mono samples ``(N,)`` float32 in [-1, 1] and their rate in Hz."""
-
-    def synthesize(self, text: str, emotion: Emotion) -> tuple[np.ndarray, int]:
-        """Speak ``text`` in the style of ``emotion``."""
-        ...
-
-
-class EspeakSynthesizer:
-    """Built-in :class:`Synthesizer`: espeak-ng (subprocess) with the sample corpus's emotion presets.
-
-    Args:
-        voice: a pseudo-speaker of ``sample_corpus.SPEAKERS`` (its formants and pitch scale).
-    """
-
-    def __init__(self, voice: str = "s0") -> None:
-        if voice not in {s.name for s in SPEAKERS}:
-            raise ValueError(f"unknown espeak voice {voice!r}; expected one of {[s.name for s in SPEAKERS]}")
-        self.voice = voice
-        self._work = tempfile.TemporaryDirectory(prefix="freezeempath-espeak-")  # removed with the object
-        self.data_path = install_variants(Path(self._work.name))
-
-    def synthesize(self, text: str, emotion: Emotion) -> tuple[np.ndarray, int]:
-        """Text (read from stdin, so a leading ``-`` is no option) → 22.05 kHz samples."""
-        preset = PRESETS[emotion]
-        command = [ESPEAK, f"--path={self.data_path}", "-v", f"en-us+emo_{emotion.value}_{self.voice}"]
-        command += ["-a", str(preset.amplitude), *(["-g", str(preset.word_gap)] if preset.word_gap else [])]
-        out = subprocess.run([*command, "--stdout"], input=text.encode(), capture_output=True, check=True)
-        samples, rate = decode_audio(out.stdout)
-        return samples, rate
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import nn
 
 from freezeempath import prompts
 from freezeempath.batch import SpeechChatBatch
@@ -37,28 +38,51 @@ class SerReport:
 
 @torch.no_grad()
 def label_word_scores(model: Any, mel: torch.Tensor, mel_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``mel (C, n_mels, F)``, ``mel_lens (C,)`` → label-word log-likelihoods ``(C, 5)`` and aux logits ``(C, 5)``."""
+    """``mel (C, n_mels, F)``, ``mel_lens (C,)`` → label-word log-likelihoods ``(C, 5)`` and aux logits ``(C, 5)``.
+
+    The prompt the five replies share runs once per clip; its KV cache is then repeated for the five label
+    words, which run together (demo preset, 4 clips: 5.5 s → 2.1 s; the encoder is most of the rest).
+    """
     tok = model.llm.tokenizer
     turn = Turn("user", prompts.SER_INSTRUCTION, spoken=True)
     rendered = [render(tok, [turn], reply=e.value) for e in EMOTIONS]
-    c, k = mel.shape[0], len(EMOTIONS)
-    clips = torch.arange(c).repeat_interleave(k)  # each clip scored once per label word
+    p, c, k = _shared_prefix(rendered), mel.shape[0], len(EMOTIONS)
+    prefix = torch.tensor(rendered[0].input_ids[:p])
+    clips = torch.arange(c)
     batch = SpeechChatBatch(
         mel=mel,
         mel_lens=mel_lens,
-        input_ids=[torch.tensor(rendered[i % k].input_ids) for i in range(c * k)],
-        labels=[torch.tensor(rendered[i % k].labels) for i in range(c * k)],
+        input_ids=[prefix] * c,
+        labels=[torch.full_like(prefix, IGNORE_INDEX)] * c,
         speech_clips=clips,
         emotion_clips=clips,
-        emotion_labels=torch.full((c * k,), IGNORE_INDEX),
+        emotion_labels=torch.full((c,), IGNORE_INDEX),
     )
     und = model.understand(mel, mel_lens)
-    fused = model.fuse(batch, und)
-    logits = model.llm(fused.embeds, fused.attention_mask).logits[:, :-1].float()  # (C·5, L-1, V)
-    targets = fused.labels[:, 1:]
-    known = targets != IGNORE_INDEX
-    picked = logits.log_softmax(-1).gather(-1, targets.clamp(min=0)[..., None]).squeeze(-1)  # (C·5, L-1)
-    return (picked * known).sum(-1).view(c, k), und.aux_logits.float()
+    fused = model.fuse(batch, und, padding_side="left")  # left: the words continue every row at its end
+    out = model.llm(fused.embeds, fused.attention_mask, use_cache=True, last_logits_only=True)
+    out.cache.batch_repeat_interleave(k)  # clip-major rows: clip 0 × 5 words, clip 1 × 5, ...
+    tails = nn.utils.rnn.pad_sequence([torch.tensor(r.input_ids[p:]) for r in rendered], batch_first=True)
+    known = nn.utils.rnn.pad_sequence(
+        [torch.tensor(r.labels[p:]) for r in rendered], batch_first=True, padding_value=IGNORE_INDEX
+    ).ne(IGNORE_INDEX)  # (5, n): reply tokens and end of turn
+    valid = torch.ones_like(tails).repeat(c, 1)  # padding is never scored, and only follows real tokens
+    mask = torch.cat([fused.attention_mask.repeat_interleave(k, 0), valid], dim=1)
+    words = model.llm(model.llm.embed(tails.repeat(c, 1)), mask, cache=out.cache, use_cache=True).logits
+    first = out.logits[:, -1:].repeat_interleave(k, 0)  # (C·5, 1, V): predicts each word's first token
+    logp = torch.cat([first, words[:, :-1]], dim=1).float().log_softmax(-1)  # (C·5, n, V)
+    picked = logp.gather(-1, tails.repeat(c, 1)[..., None]).squeeze(-1)  # (C·5, n)
+    return (picked * known.repeat(c, 1)).sum(-1).view(c, k), und.aux_logits.float()
+
+
+def _shared_prefix(rendered: list[Any]) -> int:
+    """Length of the token prefix every rendering shares, cut before the first scored token."""
+    ids = [r.input_ids for r in rendered]
+    p = 0
+    while all(len(x) > p for x in ids) and len({x[p] for x in ids}) == 1:
+        p += 1
+    first_label = min(next(i for i, t in enumerate(r.labels) if t != IGNORE_INDEX) for r in rendered)
+    return min(p, first_label)
 
 
 def evaluate_ser(model: Any, rows: dict[str, list], enc: EncoderConfig, batch_clips: int = 4) -> SerReport:
