@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="outputs/bench_data")
     parser.add_argument("--steps", type=int, default=12)
-    parser.add_argument("--repeat", type=int, default=4, help="read the corpus this many times for ingest")
+    parser.add_argument("--repeat", type=int, default=16, help="read the corpus this many times for ingest")
     parser.add_argument("--config", default="tiny", help="preset whose features the ingest comparison computes")
     args = parser.parse_args(argv)
     out = Path(args.out).resolve()
