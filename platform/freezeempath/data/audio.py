@@ -6,6 +6,7 @@ Bad input raises ``ValueError`` naming the problem, never a failure deep inside 
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 from dataclasses import dataclass
@@ -67,8 +68,14 @@ def validate_waveform(
     if seconds > max_seconds:
         raise ValueError(f"audio is {seconds:.2f} s long; the maximum is {max_seconds:g} s")
     if sample_rate != target_rate:
-        x = torchaudio.functional.resample(x, sample_rate, target_rate)
+        x = _resampler(int(sample_rate), target_rate)(x)
     return x
+
+
+@functools.lru_cache(maxsize=16)
+def _resampler(orig: int, new: int) -> torchaudio.transforms.Resample:
+    """A resampler per rate pair: its sinc kernel is built once, not per clip (a third of a 3 s clip's cost)."""
+    return torchaudio.transforms.Resample(orig, new)
 
 
 @dataclass(frozen=True)
