@@ -100,7 +100,7 @@ class LLM:
 
 @serve.deployment
 class SpeechDecoder:
-    """Streaming speech decoder: consumes the LLM's rounds, yields (text, ≤ W units) chunks per stream.
+    """Streaming speech decoder: consumes the LLM's rounds, yields (text, ≤ W units, audio) chunks per stream.
 
     Streams wait in a queue; a session (one LLM stream + one batched decoder, each reply a cache row)
     starts when one of ``max_concurrent_batches`` slots is free and takes up to ``max_batch_size`` queued
