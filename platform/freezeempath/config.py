@@ -183,7 +183,7 @@ class DataConfig:
     ravdess_dir: str = "../shared/data/ravdess"
     max_seconds: float = 30.0
     feature_batch: int = 16  # rows per feature call; also the length-bucketing window
-    feature_workers: int = 1
+    feature_workers: int = 1  # feature actors, all started up front: workers × feature_cpus + read_cpus must fit
     feature_cpus: float = 0.5
     read_cpus: float = 0.25
     shuffle_seed: int = 0
