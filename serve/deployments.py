@@ -222,7 +222,9 @@ class RoundVocoder:
         self.last = asyncio.get_running_loop().create_task(self._vocode(chunks, self.last))
         return self.last
 
-    async def _vocode(self, chunks: list[SpeechChunk | None], previous: asyncio.Task | None):
+    async def _vocode(
+        self, chunks: list[SpeechChunk | None], previous: asyncio.Task | None
+    ) -> list[SpeechChunk | None]:
         if previous is not None:
             await previous
         todo = [b for b, c in enumerate(chunks) if c is not None and self.wanted[b] and _sounds(c)]
