@@ -98,7 +98,7 @@ class SpeechDecoder(nn.Module):
         batch, n_max, m_max = hidden.shape[0], tokens.shape[1], units.shape[1]
         text_valid = torch.arange(n_max, device=hidden.device) < text_lens[:, None]  # (B, n)
         unit_valid = torch.arange(m_max + 1, device=hidden.device) < unit_lens[:, None]  # (B, m + 1)
-        unit_ids = self.unit_ids(torch.cat([units, units.new_zeros(batch, 1)], dim=1).masked_fill(~unit_valid, 0))
+        unit_ids = self.unit_ids(torch.cat([units, units.new_zeros(batch, 1)], dim=1))
         unit_ids = unit_ids.masked_fill(~unit_valid, self.eos_id)  # (B, m + 1): units, then EOS
         text = self.fuse(hidden, tokens.masked_fill(~text_valid, 0))  # (B, n, d), all rows in one call
         sep = self.embed(unit_ids.new_full((batch, 1), self.sep_id))
