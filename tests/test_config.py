@@ -45,6 +45,7 @@ def test_dotted_overrides_are_typed():
         ("model.llm.hidden.x=1", "model.llm.hidden: expected int"),
         ("model.adapter", "not of the form key.sub=value"),
         ("model.encoder.max_input_seconds=60", "max_input_seconds must be in"),
+        ("data.feature_prefetch=0", "data.feature_prefetch must be >= 1"),
     ],
 )
 def test_bad_overrides_name_the_key(override, message):

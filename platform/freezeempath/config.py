@@ -185,6 +185,8 @@ class DataConfig:
     feature_batch: int = 16  # rows per feature call; also the length-bucketing window
     feature_workers: int = 1  # feature actors, all started up front: workers × feature_cpus + read_cpus must fit
     feature_cpus: float = 0.5
+    feature_prefetch: int = 8
+    """Input blocks queued per feature actor. Ray Data's default (2) left the actors idle between blocks."""
     read_cpus: float = 0.25
     shuffle_seed: int = 0
     shard_rows: int = 256
@@ -193,6 +195,11 @@ class DataConfig:
     """Share of speakers in validation for corpora without an official split (``jobs.prepare``)."""
     test_fraction: float = 0.1
     """Share of speakers in test for corpora without an official split (``jobs.prepare``)."""
+
+    def __post_init__(self) -> None:
+        _check(self.feature_workers >= 1, "data.feature_workers must be >= 1")
+        _check(self.feature_batch >= 1, "data.feature_batch must be >= 1")
+        _check(self.feature_prefetch >= 1, "data.feature_prefetch must be >= 1")
 
 
 @dataclass(frozen=True)

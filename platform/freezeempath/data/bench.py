@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,12 +21,13 @@ from freezeempath.train.stages import Stage
 
 @dataclass(frozen=True)
 class IngestResult:
-    """Records per second of both pipelines and their ratio."""
+    """Records per second of both pipelines, from the repeat with the median ratio, and every ratio."""
 
     rows: int
     ray_data_rows_per_s: float
     dataloader_rows_per_s: float  # one process, one torch thread: the same per-process work as a Ray actor
     dataloader_all_threads_rows_per_s: float  # one process using every core through torch's intra-op threads
+    ratios: tuple[float, ...] = ()  # every repeat's Ray Data ÷ one-thread DataLoader, in run order
 
     @property
     def ratio(self) -> float:
@@ -91,19 +93,35 @@ def ray_data_rate(paths: list[str], cfg: Config) -> tuple[int, float]:
     return steady_rate(len(b["mel_len"]) for b in dataset.iter_batches(batch_size=8, batch_format="numpy"))
 
 
-def measure_ingest(paths: list[str], cfg: Config) -> IngestResult:
-    """Both pipelines on the same shards, one after the other in this process.
+def bracketed_ratios(ray: Sequence[float], loader: Sequence[float]) -> list[tuple[float, float]]:
+    """Pair Ray Data pass ``i`` with the faster DataLoader pass around it (``loader[i]`` or ``loader[i + 1]``).
 
-    The one-thread DataLoader runs before and after Ray Data and its faster pass counts, so a machine
-    still busy (Ray starting up, another job) cannot flatter the ratio.
+    The machine's speed drifts over a run, so each Ray Data pass is compared with its neighbours only, and
+    with the faster one, so a slow spell cannot flatter the ratio. Returns ``(ray, loader)`` rates per pass.
     """
-    rows_dl, dl_before = dataloader_rate(paths, cfg, threads=1)
+    if len(loader) != len(ray) + 1:
+        raise ValueError(f"need one DataLoader pass around each Ray Data pass: {len(ray)} vs {len(loader)}")
+    return [(r, max(loader[i], loader[i + 1])) for i, r in enumerate(ray)]
+
+
+def measure_ingest(paths: list[str], cfg: Config, repeats: int = 3) -> IngestResult:
+    """Both pipelines on the same shards, alternating in this process: DataLoader, Ray Data, DataLoader, ….
+
+    ``repeats`` Ray Data passes, each compared with :func:`bracketed_ratios`; the pass with the median
+    ratio gives the reported rates, and every ratio is kept.
+    """
     _, dl_all = dataloader_rate(paths, cfg, threads=os.cpu_count() or 1)
-    rows_rd, rd = ray_data_rate(paths, cfg)
-    _, dl_after = dataloader_rate(paths, cfg, threads=1)
-    if rows_dl != rows_rd:
-        raise RuntimeError(f"pipelines disagree on rows: DataLoader {rows_dl}, Ray Data {rows_rd}")
-    return IngestResult(rows_rd, rd, max(dl_before, dl_after), dl_all)
+    rows_dl, first = dataloader_rate(paths, cfg, threads=1)
+    ray_rates, loader_rates = [], [first]
+    for _ in range(repeats):
+        rows_rd, rd = ray_data_rate(paths, cfg)
+        if rows_dl != rows_rd:
+            raise RuntimeError(f"pipelines disagree on rows: DataLoader {rows_dl}, Ray Data {rows_rd}")
+        ray_rates.append(rd)
+        loader_rates.append(dataloader_rate(paths, cfg, threads=1)[1])
+    pairs = bracketed_ratios(ray_rates, loader_rates)
+    rd, dl = sorted(pairs, key=lambda p: p[0] / p[1])[(len(pairs) - 1) // 2]  # median; lower one if even
+    return IngestResult(rows_rd, rd, dl, dl_all, tuple(r / d for r, d in pairs))
 
 
 def data_wait_fraction(history: list[dict[str, float]], skip_first: int = 1) -> float:

@@ -204,6 +204,8 @@ def build_dataset(cfg: Config, paths: list[str], stage: Stage, counter_name: str
         ),
         batch_size=cfg.data.feature_batch,
         batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(min_size=cfg.data.feature_workers, max_size=cfg.data.feature_workers),
+        compute=ray.data.ActorPoolStrategy(
+            size=cfg.data.feature_workers, max_tasks_in_flight_per_actor=cfg.data.feature_prefetch
+        ),
         num_cpus=cfg.data.feature_cpus,
     )
