@@ -30,6 +30,7 @@ from torch.nn import functional as F
 
 from freezeempath.config import CodecConfig
 from freezeempath.data.audio import validate_waveform
+from freezeempath.model.kmeans import kmeans, nearest
 from freezeempath.model.masks import length_mask
 
 # MelKMeansCodec's constructor args: CodecConfig's fields except ``kind`` and ``path``, in order
@@ -245,7 +246,7 @@ class MelKMeansCodec(nn.Module):
 
     def quantize(self, frames: torch.Tensor) -> torch.Tensor:
         """Log-mel frames ``(T, n_mels)`` → nearest codebook entries ``(T,)`` int64."""
-        return _nearest(frames, self.codebook)[1]
+        return nearest(frames, self.codebook)[1]
 
     @torch.no_grad()
     def encode(self, wave: torch.Tensor) -> torch.Tensor:
@@ -318,8 +319,8 @@ class MelKMeansCodec(nn.Module):
         if frames.shape[0] < self.n_units:
             raise ValueError(f"fit needs at least n_units={self.n_units} frames, got {frames.shape[0]}")
         generator = torch.Generator(device=frames.device).manual_seed(seed)
-        initial = _nearest(frames, self.codebook)[0].mean().item()
-        codebook, inertia = _kmeans(frames, self.n_units, kmeans_iters, generator)
+        initial = nearest(frames, self.codebook)[0].mean().item()
+        codebook, inertia = kmeans(frames, self.n_units, kmeans_iters, generator)
         self.codebook.copy_(codebook)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -419,40 +420,3 @@ def _hop_length(args: dict[str, int]) -> int:
     if problems:
         raise ValueError(f"codec: {'; '.join(problems)}")
     return hop
-
-
-def _nearest(frames: torch.Tensor, centroids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``frames (F, D)``, ``centroids (K, D)`` → squared distance to the nearest ``(F,)`` and its index."""
-    dist = torch.cdist(frames, centroids, compute_mode="donot_use_mm_for_euclid_dist").square()  # (F, K)
-    best, index = dist.min(dim=1)
-    return best, index
-
-
-def _kmeans_plus_plus(frames: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
-    """k-means++ seeding: ``frames (F, D)`` → ``(k, D)``; uniform draws once every frame is covered."""
-    first = torch.randint(frames.shape[0], (1,), generator=generator, device=frames.device)
-    chosen = [frames[first]]  # each (1, D)
-    dist = (frames - chosen[0]).square().sum(1)  # (F,)
-    for _ in range(1, k):
-        weights = dist if dist.sum() > 0 else torch.ones_like(dist)
-        pick = torch.multinomial(weights, 1, generator=generator)
-        chosen.append(frames[pick])
-        dist = torch.minimum(dist, (frames - chosen[-1]).square().sum(1))
-    return torch.cat(chosen)
-
-
-def _kmeans(frames: torch.Tensor, k: int, iters: int, rng: torch.Generator) -> tuple[torch.Tensor, float]:
-    """Lloyd's k-means from k-means++ seeds; empty clusters are re-seeded with the worst-fit frames.
-
-    Returns the centroids ``(k, D)`` and the mean squared distance of frames to their centroid.
-    """
-    centroids = _kmeans_plus_plus(frames, k, rng)
-    for _ in range(iters):
-        dist, assign = _nearest(frames, centroids)
-        counts = torch.bincount(assign, minlength=k)  # (k,)
-        sums = torch.zeros_like(centroids).index_add_(0, assign, frames)  # (k, D)
-        centroids = sums / counts.clamp(min=1)[:, None].to(frames.dtype)
-        empty = (counts == 0).nonzero().flatten()
-        if empty.numel():
-            centroids[empty] = frames[dist.topk(empty.numel()).indices]
-    return centroids, _nearest(frames, centroids)[0].mean().item()
