@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> dict:
         "dataloader_all_threads_rows_per_s": round(ingest.dataloader_all_threads_rows_per_s, 2),
         "ingest_ratio_vs_1_thread": round(ingest.ratio, 2),
         "ingest_ratio_vs_all_threads": round(ingest.ratio_all_threads, 2),
-        "ingest_ratios_every_repeat": [round(r, 2) for r in ingest.ratios],
+        "ingest_ratio_every_pass": [round(r, 2) for r in ingest.ratios],
         "data_wait_fraction": round(data_wait_fraction(history), 4),
         "train_steps": len(history),
     }

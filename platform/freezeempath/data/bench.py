@@ -21,13 +21,13 @@ from freezeempath.train.stages import Stage
 
 @dataclass(frozen=True)
 class IngestResult:
-    """Records per second of both pipelines, from the repeat with the median ratio, and every ratio."""
+    """Records per second of both pipelines, from the pass with the median ratio, and every ratio."""
 
     rows: int
     ray_data_rows_per_s: float
     dataloader_rows_per_s: float  # one process, one torch thread: the same per-process work as a Ray actor
     dataloader_all_threads_rows_per_s: float  # one process using every core through torch's intra-op threads
-    ratios: tuple[float, ...] = ()  # every repeat's Ray Data ÷ one-thread DataLoader, in run order
+    ratios: tuple[float, ...] = ()  # every pass's Ray Data ÷ one-thread DataLoader, in run order
 
     @property
     def ratio(self) -> float:
@@ -104,16 +104,18 @@ def bracketed_ratios(ray: Sequence[float], loader: Sequence[float]) -> list[tupl
     return [(r, max(loader[i], loader[i + 1])) for i, r in enumerate(ray)]
 
 
-def measure_ingest(paths: list[str], cfg: Config, repeats: int = 3) -> IngestResult:
+def measure_ingest(paths: list[str], cfg: Config, passes: int = 3) -> IngestResult:
     """Both pipelines on the same shards, alternating in this process: DataLoader, Ray Data, DataLoader, ….
 
-    ``repeats`` Ray Data passes, each compared with :func:`bracketed_ratios`; the pass with the median
+    ``passes`` Ray Data passes, each compared with :func:`bracketed_ratios`; the pass with the median
     ratio gives the reported rates, and every ratio is kept.
     """
+    if passes < 1:
+        raise ValueError(f"passes must be >= 1, got {passes}")
     _, dl_all = dataloader_rate(paths, cfg, threads=os.cpu_count() or 1)
     rows_dl, first = dataloader_rate(paths, cfg, threads=1)
     ray_rates, loader_rates = [], [first]
-    for _ in range(repeats):
+    for _ in range(passes):
         rows_rd, rd = ray_data_rate(paths, cfg)
         if rows_dl != rows_rd:
             raise RuntimeError(f"pipelines disagree on rows: DataLoader {rows_dl}, Ray Data {rows_rd}")
