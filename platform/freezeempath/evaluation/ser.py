@@ -66,12 +66,13 @@ def label_word_scores(model: Any, mel: torch.Tensor, mel_lens: torch.Tensor) -> 
     known = nn.utils.rnn.pad_sequence(
         [torch.tensor(r.labels[p:]) for r in rendered], batch_first=True, padding_value=IGNORE_INDEX
     ).ne(IGNORE_INDEX)  # (5, n): reply tokens and end of turn
-    valid = torch.ones_like(tails).repeat(c, 1)  # padding is never scored, and only follows real tokens
+    rows = tails.repeat(c, 1)  # (C·5, n): the five words after every clip
+    valid = torch.ones_like(rows)  # padding is never scored, and only follows real tokens
     mask = torch.cat([fused.attention_mask.repeat_interleave(k, 0), valid], dim=1)
-    words = model.llm(model.llm.embed(tails.repeat(c, 1)), mask, cache=out.cache, use_cache=True).logits
+    words = model.llm(model.llm.embed(rows), mask, cache=out.cache, use_cache=True).logits
     first = out.logits[:, -1:].repeat_interleave(k, 0)  # (C·5, 1, V): predicts each word's first token
     logp = torch.cat([first, words[:, :-1]], dim=1).float().log_softmax(-1)  # (C·5, n, V)
-    picked = logp.gather(-1, tails.repeat(c, 1)[..., None]).squeeze(-1)  # (C·5, n)
+    picked = logp.gather(-1, rows[..., None]).squeeze(-1)  # (C·5, n)
     return (picked * known.repeat(c, 1)).sum(-1).view(c, k), und.aux_logits.float()
 
 
