@@ -13,7 +13,9 @@ What crosses each hop (all CPU tensors, pickled by Ray)::
 streams into sessions, each driving one LLM stream for all its replies in lockstep (so the LLM batches
 too). Each stream's decoder KV cache is a row of its session's cache and is freed when the session
 ends. A session vocodes each round of all its streams in one vocoder call, while it decodes the next
-round, and keeps the streams' vocoder states. Run with::
+round, and keeps the streams' vocoder states. A session belongs to no single request: one caller
+leaving (client disconnect) never cancels the others' replies, and when every caller has left the
+session stops, LLM stream included. Run with::
 
     serve run serve/configs/local.yaml
 """
@@ -21,6 +23,8 @@ round, and keeps the streams' vocoder states. Run with::
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import dataclasses
 import logging
 from collections import deque
@@ -117,25 +121,43 @@ class SpeechDecoder:
         self.read, self.write, self.max_units = sd.read, sd.write, sd.max_units
         self.unit_temperature = cfg.model.generation.unit_temperature
         self.batching = batching
-        self.waiting: deque[tuple[GenerationRequest, asyncio.Queue]] = deque()
+        self.waiting: deque[_Stream] = deque()
         self.sessions: set[asyncio.Task] = set()
         self.opening = False  # a session is gathering its batch
+        self.stopped = 0  # sessions ended early: all their callers had gone
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[SpeechChunk]:
-        """One reply's chunks; the last one carries ``finish_reason`` (or ``error``)."""
-        outbox: asyncio.Queue = asyncio.Queue()
-        self.waiting.append((request, outbox))
+        """One reply's chunks; the last one carries ``finish_reason`` (or ``error``).
+
+        A caller that goes away (the gateway cancels when its client disconnects) leaves the queue, or
+        marks its stream gone; a session whose streams are all gone stops, and so does its LLM stream.
+        """
+        stream, ended = _Stream(request), False
+        self.waiting.append(stream)
         self._admit()
-        while (item := await outbox.get()) is not _END:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
+        try:
+            while (item := await stream.outbox.get()) is not _END:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+            ended = True
+        finally:
+            if not ended:
+                stream.gone = True
+                if stream in self.waiting:
+                    self.waiting.remove(stream)
+
+    async def stats(self) -> dict[str, int]:
+        """Sessions running, streams queued, and sessions stopped early because every caller had gone."""
+        return {"sessions": len(self.sessions), "waiting": len(self.waiting), "sessions_stopped": self.stopped}
 
     def _admit(self) -> None:
         """Open a session if streams wait, a slot is free and no other session is gathering."""
         if self.waiting and not self.opening and len(self.sessions) < self.batching.max_concurrent_batches:
             self.opening = True
-            task = asyncio.get_running_loop().create_task(self._session())
+            # A fresh context: Serve links handle calls to the request whose context they run in, and
+            # cancels them with it; the session serves every stream it gathers, not the one that opened it.
+            task = asyncio.get_running_loop().create_task(self._session(), context=contextvars.Context())
             self.sessions.add(task)
             task.add_done_callback(self._session_done)
 
@@ -153,23 +175,31 @@ class SpeechDecoder:
             self.opening = False
         self._admit()  # streams still waiting may open the next session now
         try:
-            async for chunks in self._rounds([request for request, _ in batch]):
-                for (_, outbox), chunk in zip(batch, chunks, strict=True):
-                    if chunk is not None:
-                        outbox.put_nowait(chunk)
-                        if chunk.finish_reason is not None or chunk.error is not None:
-                            outbox.put_nowait(_END)
+            if batch:
+                await self._run(batch)
         except Exception as err:  # a failed session fails its streams, never the replica
-            for _, outbox in batch:
-                outbox.put_nowait(err)
+            for stream in batch:
+                stream.outbox.put_nowait(err)
         finally:
-            for _, outbox in batch:
-                outbox.put_nowait(_END)
+            for stream in batch:
+                stream.outbox.put_nowait(_END)
+
+    async def _run(self, batch: list[_Stream]) -> None:
+        """Deliver each round's chunks to their streams; stop early once every stream is gone."""
+        async with contextlib.aclosing(self._rounds([s.request for s in batch])) as rounds:
+            async for chunks in rounds:
+                if all(stream.gone for stream in batch):
+                    self.stopped += 1
+                    log.info("decoder session of %d stream(s) stopped: every caller has gone", len(batch))
+                    return
+                for stream, chunk in zip(batch, chunks, strict=True):
+                    if chunk is not None:
+                        stream.outbox.put_nowait(chunk)
+                        if chunk.finish_reason is not None or chunk.error is not None:
+                            stream.outbox.put_nowait(_END)
 
     async def _rounds(self, requests: list[GenerationRequest]) -> AsyncIterator[list[SpeechChunk | None]]:
         """Lockstep rounds: one LLM stream for all requests, one decoder cache row per reply."""
-        if not requests:
-            return
         session = SpeechSession(
             self.decoder,
             [r.speech_output for r in requests],
@@ -181,11 +211,12 @@ class SpeechDecoder:
         )
         voice, pending = RoundVocoder(self.vocoder, [r.speech_output for r in requests]), None
         try:
-            async for chunks in self._decoded(session, requests):
-                # Vocode this round while the next one decodes; yield rounds in order.
-                vocoded, pending = pending, voice.submit(chunks)
-                if vocoded is not None:
-                    yield await vocoded
+            async with contextlib.aclosing(self._decoded(session, requests)) as decoded:
+                async for chunks in decoded:
+                    # Vocode this round while the next one decodes; yield rounds in order.
+                    vocoded, pending = pending, voice.submit(chunks)
+                    if vocoded is not None:
+                        yield await vocoded
             if pending is not None:
                 vocoded, pending = pending, None
                 yield await vocoded
@@ -196,13 +227,28 @@ class SpeechDecoder:
     async def _decoded(
         self, session: SpeechSession, requests: list[GenerationRequest]
     ) -> AsyncIterator[list[SpeechChunk | None]]:
-        async for groups in self.llm.generate.remote(requests):
-            yield await asyncio.to_thread(session.round, groups)
+        llm, ended = self.llm.generate.remote(requests), False
+        try:
+            async for groups in llm:
+                yield await asyncio.to_thread(session.round, groups)
+            ended = True
+        finally:
+            if not ended:  # closed early (every caller gone): stop the LLM's generation too
+                llm.cancel()
         while not session.done:
             yield await asyncio.to_thread(session.round, None)
 
 
 _END = object()  # end of one stream's chunks
+
+
+@dataclasses.dataclass(eq=False)
+class _Stream:
+    """One reply in the decoder: its request, where its chunks go, and whether its caller has gone."""
+
+    request: GenerationRequest
+    outbox: asyncio.Queue = dataclasses.field(default_factory=asyncio.Queue)
+    gone: bool = False
 
 
 class RoundVocoder:

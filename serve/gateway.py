@@ -288,7 +288,10 @@ class Gateway:
             if final:
                 reply.finish, reply.finished = chunk.finish_reason.value, True  # type: ignore[union-attr]
                 return
-            chunk = await reply.stream.__anext__()
+            try:
+                chunk = await reply.stream.__anext__()
+            except StopAsyncIteration:  # never inside an async generator: Python turns it into a bare RuntimeError
+                raise RuntimeError("the speech decoder ended the reply without its final chunk") from None
 
     async def _complete(self, reply: Reply) -> dict[str, Any]:
         try:

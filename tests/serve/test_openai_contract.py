@@ -11,6 +11,7 @@ import base64
 import io
 import json
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -105,6 +106,17 @@ def _delta_audio(chunk) -> dict:
     return {k: v for k, v in (audio if isinstance(audio, dict) else audio.model_dump()).items() if v is not None}
 
 
+def _pcm16_stream(client, **extra):
+    return client.chat.completions.create(
+        model="freezeempath",
+        messages=[spoken()],
+        stream=True,
+        modalities=["text", "audio"],
+        audio={"voice": "alloy", "format": "pcm16"},
+        **extra,
+    )
+
+
 def test_streaming_sends_role_transcript_pcm16_finish_and_usage(client):
     stream = client.chat.completions.create(
         model="freezeempath",
@@ -128,6 +140,39 @@ def test_streaming_sends_role_transcript_pcm16_finish_and_usage(client):
     assert len(finish) == 1 and finish[0].choices[0].finish_reason in ("stop", "length")
     assert chunks[-1].choices == [] and chunks[-1].usage.total_tokens > 0
     assert len({c.id for c in chunks}) == 1
+
+
+def test_client_leaving_mid_stream_stops_its_decoder_session(server, client):
+    from ray import serve
+
+    decoder = serve.get_deployment_handle("SpeechDecoder", app_name="freezeempath")
+    before = decoder.stats.remote().result()["sessions_stopped"]
+    stream = _pcm16_stream(client)
+    next(c for c in stream if "data" in _delta_audio(c))  # the first audio chunk, then hang up
+    stream.close()
+    deadline = time.monotonic() + 30
+    while (stats := decoder.stats.remote().result())["sessions"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert stats == {"sessions": 0, "waiting": 0, "sessions_stopped": before + 1}
+    assert httpx.get(f"{server}/healthz").json() == {"status": "ok", "active_requests": 0}
+    assert client.chat.completions.create(model="freezeempath", messages=[spoken()], **AUDIO).choices
+
+
+def test_the_other_reply_of_a_shared_session_survives_a_caller_leaving(client):
+    def first_audio_then_hang_up(_: int) -> None:
+        stream = _pcm16_stream(client)
+        next(c for c in stream if "data" in _delta_audio(c))
+        stream.close()
+
+    def whole(_: int) -> list:
+        return list(_pcm16_stream(client, stream_options={"include_usage": True}))
+
+    with ThreadPoolExecutor(2) as pool:  # queued together, the two replies share one decoder session
+        leaving, staying = pool.submit(first_audio_then_hang_up, 0), pool.submit(whole, 1)
+        leaving.result()
+        chunks = staying.result()
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert chunks[-1].usage.total_tokens > 0
 
 
 def test_stream_ends_with_done(server):
