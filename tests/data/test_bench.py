@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from freezeempath.data.bench import IngestResult, bracketed_ratios
+import torch
+from freezeempath.config import load_config
+from freezeempath.data.bench import IngestResult, ShardStream, bracketed_ratios
+from helpers import write_tiny_shards
 
 
 def test_each_ray_pass_meets_the_faster_neighbouring_loader_pass():
@@ -16,3 +19,14 @@ def test_each_ray_pass_meets_the_faster_neighbouring_loader_pass():
 def test_passes_must_interleave():
     with pytest.raises(ValueError, match="one DataLoader pass around each Ray Data pass"):
         bracketed_ratios([300.0, 240.0], [150.0, 200.0])
+
+
+def test_loader_baseline_reads_every_shard_row_in_file_order_and_drops_bad_ones(tmp_path):
+    paths = write_tiny_shards(tmp_path, n_rows=6, n_shards=2)  # 6 good rows, 3 bad ones spread over both files
+    cfg, threads = load_config("tiny"), torch.get_num_threads()
+    items = list(torch.utils.data.DataLoader(ShardStream(paths, cfg), batch_size=None))
+    assert torch.get_num_threads() == threads  # the UDF's one-thread pin stays out of this process
+    assert len(items) == 9  # one item per row; a bad row's item has no rows
+    assert [i for item in items for i in item["id"]] == ["u000", "u002", "u004", "u001", "u003", "u005"]
+    mels = [(m, n) for item in items for m, n in zip(item["mel"], item["mel_len"], strict=True)]
+    assert all(m.shape[0] == cfg.model.encoder.n_mels and 0 < n <= m.shape[1] for m, n in mels)

@@ -1,15 +1,15 @@
 """Input-pipeline benchmark: Ray Data streaming vs a single-process torch DataLoader, and data wait in training.
 
 In: shard paths and a config. Out: :class:`IngestResult` (records/s of both, measured side by side in one
-run on the same shards doing the same decode + resample + log-mel) and the data-wait fraction of a short
-training run read from its metrics.
+run on the same shards doing the same read + decode + resample + log-mel; both read the Parquet files
+inside the timed pass) and the data-wait fraction of a short training run read from its metrics.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,27 +40,30 @@ class IngestResult:
         return self.ray_data_rows_per_s / self.dataloader_all_threads_rows_per_s
 
 
-class ShardRows(torch.utils.data.Dataset):
-    """Map-style dataset over the rows of Parquet shards: the same decode + features, one process."""
+class ShardStream(torch.utils.data.IterableDataset):
+    """The shards' rows in order, read file by file inside the pass (as Ray Data reads them), one process.
+
+    Each row goes through the same :class:`~freezeempath.data.pipeline.AudioFeatures` as the Ray Data
+    pipeline; yields its output (one row, or none when the row is bad).
+    """
+
+    COLUMNS = ("id", "audio", "sample_rate")
 
     def __init__(self, paths: list[str], cfg: Config) -> None:
-        import pyarrow.parquet as pq
-
         from freezeempath.data.pipeline import AudioFeatures
 
-        tables = [pq.read_table(p, columns=["id", "audio", "sample_rate"]) for p in paths]
-        self.rows = [row for t in tables for row in t.to_pylist()]
+        self.paths = list(paths)
         enc = cfg.model.encoder
         threads = torch.get_num_threads()  # the UDF pins one thread per actor; this process keeps all of its own
         self.features = AudioFeatures(enc.n_mels, enc.window_frames, min(cfg.data.max_seconds, enc.max_input_seconds))
         torch.set_num_threads(threads)
 
-    def __len__(self) -> int:
-        return len(self.rows)
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        import pyarrow.parquet as pq
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        row = self.rows[i]
-        return self.features({k: [row[k]] for k in ("id", "audio", "sample_rate")})
+        for path in self.paths:
+            for row in pq.read_table(path, columns=list(self.COLUMNS)).to_pylist():
+                yield self.features({k: [row[k]] for k in self.COLUMNS})
 
 
 def steady_rate(sizes: Any) -> tuple[int, float]:
@@ -75,7 +78,7 @@ def steady_rate(sizes: Any) -> tuple[int, float]:
 
 def dataloader_rate(paths: list[str], cfg: Config, threads: int) -> tuple[int, float]:
     """Rows and steady rows/s through ``torch.utils.data.DataLoader`` (``num_workers=0``) with ``threads``."""
-    dataset = ShardRows(paths, cfg)
+    dataset = ShardStream(paths, cfg)
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
