@@ -1,4 +1,4 @@
-"""Ingest benchmark bookkeeping: each Ray Data pass against the faster DataLoader pass beside it."""
+"""Ingest benchmark: each Ray Data pass against the faster DataLoader pass beside it, and the loader baseline."""
 
 from __future__ import annotations
 
