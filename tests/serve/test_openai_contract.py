@@ -158,6 +158,23 @@ def test_client_leaving_mid_stream_stops_its_decoder_session(server, client):
     assert client.chat.completions.create(model="freezeempath", messages=[spoken()], **AUDIO).choices
 
 
+def test_client_timing_out_on_a_whole_reply_leaves_nothing_running(server, client):
+    from ray import serve
+
+    impatient = client.with_options(timeout=0.05)  # hangs up long before a reply could be ready (≈ 0.3 s)
+    with pytest.raises(openai.APITimeoutError):
+        impatient.chat.completions.create(model="freezeempath", messages=[spoken()], **AUDIO)
+    decoder = serve.get_deployment_handle("SpeechDecoder", app_name="freezeempath")
+    deadline, idle = time.monotonic() + 30, {"sessions": 0, "waiting": 0}
+    while time.monotonic() < deadline:
+        stats, health = decoder.stats.remote().result(), httpx.get(f"{server}/healthz").json()
+        if {k: stats[k] for k in idle} == idle and health["active_requests"] == 0:
+            break
+        time.sleep(0.05)
+    assert {k: stats[k] for k in idle} == idle and health == {"status": "ok", "active_requests": 0}
+    assert client.chat.completions.create(model="freezeempath", messages=[spoken()], **AUDIO).choices
+
+
 def test_the_other_reply_of_a_shared_session_survives_a_caller_leaving(client):
     def first_audio_then_hang_up(_: int) -> None:
         stream = _pcm16_stream(client)
