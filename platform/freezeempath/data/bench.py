@@ -47,8 +47,6 @@ class ShardStream(torch.utils.data.IterableDataset):
     pipeline; yields its output (one row, or none when the row is bad).
     """
 
-    COLUMNS = ("id", "audio", "sample_rate")
-
     def __init__(self, paths: list[str], cfg: Config) -> None:
         from freezeempath.data.pipeline import AudioFeatures
 
@@ -61,9 +59,11 @@ class ShardStream(torch.utils.data.IterableDataset):
     def __iter__(self) -> Iterator[dict[str, Any]]:
         import pyarrow.parquet as pq
 
+        from freezeempath.data.pipeline import BASE_COLUMNS  # what AudioFeatures reads of a row
+
         for path in self.paths:
-            for row in pq.read_table(path, columns=list(self.COLUMNS)).to_pylist():
-                yield self.features({k: [row[k]] for k in self.COLUMNS})
+            for row in pq.read_table(path, columns=list(BASE_COLUMNS)).to_pylist():
+                yield self.features({k: [row[k]] for k in BASE_COLUMNS})
 
 
 def steady_rate(sizes: Any) -> tuple[int, float]:
