@@ -117,16 +117,31 @@ def _pcm16_stream(client, **extra):
     )
 
 
+def _hang_up_after_first_audio(client) -> None:
+    stream = _pcm16_stream(client)
+    next(c for c in stream if "data" in _delta_audio(c))
+    stream.close()
+
+
+def _decoder():
+    from ray import serve
+
+    return serve.get_deployment_handle("SpeechDecoder", app_name="freezeempath")
+
+
+def _wait_until_idle(server, timeout_s: float = 30) -> tuple[dict, dict]:
+    """Poll until no decoder session runs or waits and no request is active; the last decoder stats and /healthz."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        stats, health = _decoder().stats.remote().result(), httpx.get(f"{server}/healthz").json()
+        idle = stats["sessions"] == stats["waiting"] == health["active_requests"] == 0
+        if idle or time.monotonic() > deadline:
+            return stats, health
+        time.sleep(0.05)
+
+
 def test_streaming_sends_role_transcript_pcm16_finish_and_usage(client):
-    stream = client.chat.completions.create(
-        model="freezeempath",
-        messages=[spoken()],
-        stream=True,
-        stream_options={"include_usage": True},
-        modalities=["text", "audio"],
-        audio={"voice": "alloy", "format": "pcm16"},
-    )
-    chunks = list(stream)
+    chunks = list(_pcm16_stream(client, stream_options={"include_usage": True}))
     first = chunks[0]
     assert first.choices[0].delta.role == "assistant" and first.model_extra["x_emotion"]["label"] in LABEL_WORDS
     deltas = [_delta_audio(c) for c in chunks]
@@ -143,49 +158,27 @@ def test_streaming_sends_role_transcript_pcm16_finish_and_usage(client):
 
 
 def test_client_leaving_mid_stream_stops_its_decoder_session(server, client):
-    from ray import serve
-
-    decoder = serve.get_deployment_handle("SpeechDecoder", app_name="freezeempath")
-    before = decoder.stats.remote().result()["sessions_stopped"]
-    stream = _pcm16_stream(client)
-    next(c for c in stream if "data" in _delta_audio(c))  # the first audio chunk, then hang up
-    stream.close()
-    deadline = time.monotonic() + 30
-    while (stats := decoder.stats.remote().result())["sessions"] and time.monotonic() < deadline:
-        time.sleep(0.05)
+    before = _decoder().stats.remote().result()["sessions_stopped"]
+    _hang_up_after_first_audio(client)
+    stats, health = _wait_until_idle(server)
     assert stats == {"sessions": 0, "waiting": 0, "sessions_stopped": before + 1}
-    assert httpx.get(f"{server}/healthz").json() == {"status": "ok", "active_requests": 0}
+    assert health == {"status": "ok", "active_requests": 0}
     assert client.chat.completions.create(model="freezeempath", messages=[spoken()], **AUDIO).choices
 
 
 def test_client_timing_out_on_a_whole_reply_leaves_nothing_running(server, client):
-    from ray import serve
-
     impatient = client.with_options(timeout=0.05)  # hangs up long before a reply could be ready (≈ 0.3 s)
     with pytest.raises(openai.APITimeoutError):
         impatient.chat.completions.create(model="freezeempath", messages=[spoken()], **AUDIO)
-    decoder = serve.get_deployment_handle("SpeechDecoder", app_name="freezeempath")
-    deadline, idle = time.monotonic() + 30, {"sessions": 0, "waiting": 0}
-    while time.monotonic() < deadline:
-        stats, health = decoder.stats.remote().result(), httpx.get(f"{server}/healthz").json()
-        if {k: stats[k] for k in idle} == idle and health["active_requests"] == 0:
-            break
-        time.sleep(0.05)
-    assert {k: stats[k] for k in idle} == idle and health == {"status": "ok", "active_requests": 0}
+    stats, health = _wait_until_idle(server)
+    assert (stats["sessions"], stats["waiting"]) == (0, 0) and health == {"status": "ok", "active_requests": 0}
     assert client.chat.completions.create(model="freezeempath", messages=[spoken()], **AUDIO).choices
 
 
 def test_the_other_reply_of_a_shared_session_survives_a_caller_leaving(client):
-    def first_audio_then_hang_up(_: int) -> None:
-        stream = _pcm16_stream(client)
-        next(c for c in stream if "data" in _delta_audio(c))
-        stream.close()
-
-    def whole(_: int) -> list:
-        return list(_pcm16_stream(client, stream_options={"include_usage": True}))
-
     with ThreadPoolExecutor(2) as pool:  # queued together, the two replies share one decoder session
-        leaving, staying = pool.submit(first_audio_then_hang_up, 0), pool.submit(whole, 1)
+        leaving = pool.submit(_hang_up_after_first_audio, client)
+        staying = pool.submit(lambda: list(_pcm16_stream(client, stream_options={"include_usage": True})))
         leaving.result()
         chunks = staying.result()
     assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
