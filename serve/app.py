@@ -28,15 +28,15 @@ from serve.schemas import ServeArgs
 def build_app(args: ServeArgs | dict[str, Any]) -> Application:
     """Bind the pipeline from ``args`` (a dict is validated here; Serve passes the YAML's mapping)."""
     args = args if isinstance(args, ServeArgs) else ServeArgs.model_validate(args)
-    d = args.deployments
-    understanding = SpeechUnderstanding.options(**d.understanding.serve_options()).bind(
+    d, env = args.deployments, args.replica_env()
+    understanding = SpeechUnderstanding.options(**d.understanding.serve_options(env)).bind(
         args.model, args.batching_of("understanding")
     )
-    llm = LLM.options(**d.llm.serve_options()).bind(args.model)
-    vocoder = Vocoder.options(**d.vocoder.serve_options()).bind(
+    llm = LLM.options(**d.llm.serve_options(env)).bind(args.model)
+    vocoder = Vocoder.options(**d.vocoder.serve_options(env)).bind(
         args.model, args.batching_of("vocoder"), args.output_sample_rate
     )
-    decoder = SpeechDecoder.options(**d.decoder.serve_options()).bind(
-        llm, vocoder, args.model, args.batching_of("decoder")
+    decoder = SpeechDecoder.options(**d.decoder.serve_options(env)).bind(
+        llm, vocoder, args.model, args.batching_of("decoder"), args.low_latency
     )
-    return Gateway.options(**d.gateway.serve_options()).bind(understanding, decoder, args)
+    return Gateway.options(**d.gateway.serve_options(env)).bind(understanding, decoder, args)

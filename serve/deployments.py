@@ -113,10 +113,13 @@ class SpeechDecoder:
     next one. Batching off: every reply is a session of its own, up to ``DECODER_SESSIONS`` side by side.
     """
 
-    def __init__(self, llm: DeploymentHandle, vocoder: DeploymentHandle, model: ModelArgs, batching: Batching) -> None:
+    def __init__(
+        self, llm: DeploymentHandle, vocoder: DeploymentHandle, model: ModelArgs, batching: Batching, grpc: bool
+    ) -> None:
         cfg, device = _setup(model)
         self.decoder = build_decoder_part(cfg.model, model.weights, device)
-        self.llm, self.vocoder = llm.options(stream=True), vocoder
+        self.llm = llm.options(stream=True, _by_reference=not grpc)
+        self.vocoder = vocoder.options(_by_reference=not grpc)
         sd = cfg.model.speech_decoder
         self.read, self.write, self.max_units = sd.read, sd.write, sd.max_units
         self.unit_temperature = cfg.model.generation.unit_temperature
@@ -209,20 +212,31 @@ class SpeechDecoder:
             self.unit_temperature,
             [r.seed for r in requests],
         )
-        voice, pending = RoundVocoder(self.vocoder, [r.speech_output for r in requests]), None
+        voice = RoundVocoder(self.vocoder, [r.speech_output for r in requests])
+        vocoding: asyncio.Queue[asyncio.Task | None] = asyncio.Queue()
+        # Decode round k + 1 while round k is vocoded, and yield each round as soon as it is vocoded:
+        # the first audio must not wait for the second round's LLM tokens.
+        decoding = asyncio.get_running_loop().create_task(self._submit_rounds(session, requests, voice, vocoding))
+        try:
+            while (vocoded := await vocoding.get()) is not None:
+                yield await vocoded
+            await decoding  # a decoding error surfaces after the rounds before it
+        finally:
+            decoding.cancel()
+            while not vocoding.empty():
+                if (left := vocoding.get_nowait()) is not None:
+                    left.cancel()
+
+    async def _submit_rounds(
+        self, session: SpeechSession, requests: list[GenerationRequest], voice: RoundVocoder, out: asyncio.Queue
+    ) -> None:
+        """Decode every round and start vocoding it; ``None`` closes ``out``."""
         try:
             async with contextlib.aclosing(self._decoded(session, requests)) as decoded:
                 async for chunks in decoded:
-                    # Vocode this round while the next one decodes; yield rounds in order.
-                    vocoded, pending = pending, voice.submit(chunks)
-                    if vocoded is not None:
-                        yield await vocoded
-            if pending is not None:
-                vocoded, pending = pending, None
-                yield await vocoded
+                    out.put_nowait(voice.submit(chunks))
         finally:
-            if pending is not None:
-                pending.cancel()
+            out.put_nowait(None)
 
     async def _decoded(
         self, session: SpeechSession, requests: list[GenerationRequest]

@@ -190,7 +190,8 @@ class Gateway:
         gen = args.model.resolve().model
         self.max_seconds = min(args.limits.max_audio_seconds, gen.encoder.max_input_seconds)
         self.temperature, self.seed = gen.generation.temperature, gen.generation.seed
-        self.understanding, self.decoder = understanding, decoder.options(stream=True)
+        self.understanding = understanding.options(_by_reference=not args.low_latency)
+        self.decoder = decoder.options(stream=True, _by_reference=not args.low_latency)
         self.store, self.clips = AudioStore(args.limits.max_stored_audio), OrderedDict[str, ClipFeatures]()
         self.active = 0
 

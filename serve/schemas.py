@@ -28,6 +28,11 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 # batching off (batch size 1) streams still run side by side.
 CONCURRENT_BATCHES = 4
 DECODER_SESSIONS = 16  # decoder sessions side by side with batching off (each reply alone)
+# Replica settings of ``ServeArgs.low_latency`` (Ray 2.60; part of what RAY_SERVE_THROUGHPUT_OPTIMIZED
+# sets, without its direct ingress on port 8000): user code and handle routers on the replica's own event
+# loop instead of one extra thread and loop each. Safe here because every deployment runs its compute in
+# worker threads (``asyncio.to_thread``), so the loop never blocks on a forward pass.
+LOW_LATENCY_ENV = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0"}
 OPENAI_VOICES = ("alloy", "ash", "ballad", "coral", "echo", "fable", "nova", "onyx", "sage", "shimmer", "verse")
 
 
@@ -111,10 +116,15 @@ class DeploymentArgs(_Strict):
             raise ValueError(f"max_ongoing_requests must be at least {least} (batch size × concurrent batches)")
         return self
 
-    def serve_options(self) -> dict[str, Any]:
-        """Keyword arguments for ``Deployment.options``."""
+    def serve_options(self, env: dict[str, str] | None = None) -> dict[str, Any]:
+        """Keyword arguments for ``Deployment.options``; ``env`` joins the replicas' env vars (ours win)."""
         options = self.model_dump(exclude={"batching"}, exclude_none=True)
-        options["ray_actor_options"] = self.ray_actor_options.model_dump(exclude_none=True)
+        actor = self.ray_actor_options.model_dump(exclude_none=True)
+        if env:
+            runtime_env = dict(actor.get("runtime_env") or {})
+            runtime_env["env_vars"] = {**env, **runtime_env.get("env_vars", {})}
+            actor["runtime_env"] = runtime_env
+        options["ray_actor_options"] = actor
         return options
 
 
@@ -157,11 +167,18 @@ class ServeArgs(_Strict):
     api_keys: list[str] = []  # with FREEZEEMPATH_API_KEYS (comma-separated); none at all = open
     voices: list[str] = list(OPENAI_VOICES)
     output_sample_rate: int = Field(24_000, ge=8_000)
+    # True: calls between deployments go over each replica's gRPC server (the handle option
+    # ``_by_reference=False``) and replicas run LOW_LATENCY_ENV; False: Serve's defaults (Ray actor calls).
+    low_latency: bool = True
 
     def keys(self) -> frozenset[str]:
         """Accepted API keys from args and ``FREEZEEMPATH_API_KEYS``; empty = no auth."""
         env = os.environ.get("FREEZEEMPATH_API_KEYS", "")
         return frozenset(k.strip() for k in [*self.api_keys, *env.split(",")] if k.strip())
+
+    def replica_env(self) -> dict[str, str]:
+        """Env vars every replica gets (joined with each deployment's own ``runtime_env``)."""
+        return dict(LOW_LATENCY_ENV) if self.low_latency else {}
 
     def batching_of(self, name: str) -> Batching:
         """A deployment's batching (batch size 1 when off)."""

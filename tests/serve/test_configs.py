@@ -15,7 +15,7 @@ from ray.serve.schema import ServeDeploySchema
 
 from serve.app import build_app
 from serve.gateway import AudioStore, check_api_key
-from serve.schemas import ApiError, ChatCompletionRequest, ServeArgs, StoredAudio, chat_plan
+from serve.schemas import LOW_LATENCY_ENV, ApiError, ChatCompletionRequest, ServeArgs, StoredAudio, chat_plan
 
 CONFIGS = sorted((ROOT / "serve" / "configs").glob("*.yaml"))
 
@@ -51,6 +51,19 @@ def test_serve_args_reject_unknown_keys_and_conflicts():
         ServeArgs.model_validate({"deployments": {"llm": {"num_replicas": 2, "autoscaling_config": {}}}})
     off = ServeArgs(batching=False).batching_of("decoder")
     assert off.max_batch_size == 1 and ServeArgs().batching_of("llm").max_batch_size == 1
+
+
+def test_low_latency_env_joins_each_deployments_runtime_env():
+    own = {"runtime_env": {"env_vars": {"RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "1", "X": "y"}, "pip": ["z"]}}
+    args = ServeArgs.model_validate({"deployments": {"llm": {"ray_actor_options": own}}})
+    assert args.low_latency and args.replica_env() == LOW_LATENCY_ENV
+    llm = args.deployments.llm.serve_options(args.replica_env())["ray_actor_options"]["runtime_env"]
+    assert llm["pip"] == ["z"]  # the deployment's own runtime_env stays, and its env vars win
+    assert llm["env_vars"] == {**LOW_LATENCY_ENV, "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "1", "X": "y"}
+    vocoder = args.deployments.vocoder.serve_options(args.replica_env())["ray_actor_options"]
+    assert vocoder["runtime_env"] == {"env_vars": LOW_LATENCY_ENV}
+    defaults = ServeArgs(low_latency=False)
+    assert "runtime_env" not in defaults.deployments.vocoder.serve_options(defaults.replica_env())["ray_actor_options"]
 
 
 def test_api_keys_from_args_and_environment(monkeypatch):
