@@ -18,10 +18,12 @@ first audio ≤ 25 % of the full reply) and writes them as JSON::
 
 Hops per request = proxy→gateway, understanding, decoder stream, LLM stream, and the decoder's vocoder
 call per round (one per audio chunk at concurrency 1). Overhead per hop = median over requests of
-(Serve − in-process latency of the same request, run back to back) / hops, with batching on and off; it
-includes HTTP, JSON, base64, 24 kHz resampling, pcm16 encoding and (on) the batch waits. For
-scale, ``healthz_round_trip_ms`` is a bare HTTP → proxy → gateway round trip and ``noop_handle_call_ms``
-a handle call that does no work (driver → vocoder replica), both measured alongside.
+(Serve − in-process latency of the same request, run back to back) / hops, with batching on and off, and
+with batching on under Serve's defaults (``low_latency: false``: Ray actor calls between deployments,
+user code in its own thread); it includes HTTP, JSON, base64, 24 kHz resampling, pcm16 encoding and (on)
+the batch waits. For scale, ``healthz_round_trip_ms`` is a bare HTTP → proxy → gateway round trip and
+``noop_handle_call_ms`` (gRPC) / ``noop_handle_call_ms_actor`` a handle call that does no work (driver →
+vocoder replica), all measured alongside.
 """
 
 from __future__ import annotations
@@ -54,6 +56,9 @@ REDUCED_PAPER = [
 ]
 TARGETS = {"overhead_per_hop_ms": 5.0, "batching_speedup_c16": 2.0, "first_audio_share": 0.25}
 MODES = ("on", "off")
+# concurrency 1 also runs the batching-on app with Serve's defaults (``low_latency: false``) beside them
+ROW_NAMES = {"on": "batching on", "off": "batching off", "defaults": "defaults, batching on"}
+APPS = {"on": {"batching": True}, "off": {"batching": False}, "defaults": {"batching": True, "low_latency": False}}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -159,7 +164,8 @@ async def serve_level(url: str, bodies: list[dict[str, Any]], concurrency: int) 
 
 
 def deploy_apps() -> None:
-    """Tiny-preset apps from ``serve/configs/local.yaml``: batching on at ``/on``, off at ``/off``."""
+    """Tiny-preset apps from ``serve/configs/local.yaml``: batching on at ``/on``, off at ``/off``, and on
+    with Serve's default transport and threads at ``/defaults``."""
     from ray import serve
 
     from serve.app import build_app
@@ -171,9 +177,9 @@ def deploy_apps() -> None:
     for options in raw["deployments"].values():
         options.pop("autoscaling_config", None)
         options["num_replicas"] = 1
-        options["ray_actor_options"]["num_cpus"] /= 2  # two apps on 2 logical CPUs; one is busy at a time
-    for mode in MODES:
-        args = ServeArgs.model_validate({**raw, "batching": mode == "on"})
+        options["ray_actor_options"]["num_cpus"] /= len(APPS)  # all apps on 2 logical CPUs; one busy at a time
+    for mode, switches in APPS.items():
+        args = ServeArgs.model_validate({**raw, **switches})
         serve.run(build_app(args), name=f"bench-{mode}", route_prefix=f"/{mode}")
 
 
@@ -190,11 +196,11 @@ def healthz_ms(url: str, n: int = 20) -> float:
     return float(np.median(times) * 1000)
 
 
-def noop_call_ms(app: str, n: int = 50) -> float:
+def noop_call_ms(app: str, grpc: bool, n: int = 50) -> float:
     """Median round trip of a handle call that does no work (``Vocoder.vocode_round([])``): one bare hop."""
     from ray import serve
 
-    handle = serve.get_deployment_handle("Vocoder", app_name=app)
+    handle = serve.get_deployment_handle("Vocoder", app_name=app).options(_by_reference=not grpc)
 
     async def timed() -> list[float]:
         times = []
@@ -209,23 +215,28 @@ def noop_call_ms(app: str, n: int = 50) -> float:
 
 def paired_c1(responder: Any, data: list, bodies: list, url: str, max_tokens: int) -> tuple[list, dict]:
     """Each request in-process, then through ``/on`` and ``/off``, back to back (concurrency 1)."""
-    runs: dict[str, list[dict[str, float]]] = {"in-process": [], "on": [], "off": []}
+    runs: dict[str, list[dict[str, float]]] = {"in-process": [], **{mode: [] for mode in APPS}}
     bare_hop = healthz_ms(url)
     for (x, rate), body in zip(data, bodies, strict=True):
         dialogue = [Message("user", audio=AudioInput(x, rate))]
         runs["in-process"].append(timed_events(responder.stream([dialogue], max_new_tokens=max_tokens)))
-        for mode in MODES:
+        for mode in APPS:
             runs[mode] += asyncio.run(serve_level(f"{url}/{mode}", [body], 1))[0]
     rows = [
-        summarize(name if name == "in-process" else f"serve batching {name}", 1, r, sum(x["total"] for x in r))
+        summarize(name if name == "in-process" else f"serve {ROW_NAMES[name]}", 1, r, sum(x["total"] for x in r))
         for name, r in runs.items()
     ]
     hops = 4 + np.array([r["chunks"] for r in runs["on"]])
     summary: dict[str, float] = {"hops_per_request": float(hops.mean())}
-    for mode, key in (("on", "overhead_per_hop_ms"), ("off", "overhead_per_hop_ms_batching_off")):
+    keys = {"on": "overhead_per_hop_ms", "off": "overhead_per_hop_ms_batching_off"}
+    for mode, key in {**keys, "defaults": "overhead_per_hop_ms_serve_defaults"}.items():
         extra = np.array([s["total"] - p["total"] for s, p in zip(runs[mode], runs["in-process"], strict=True)])
         summary[key] = float(np.median(extra * 1000 / hops))
-    bare = {"healthz_round_trip_ms": (bare_hop + healthz_ms(url)) / 2, "noop_handle_call_ms": noop_call_ms("bench-on")}
+    bare = {
+        "healthz_round_trip_ms": (bare_hop + healthz_ms(url)) / 2,
+        "noop_handle_call_ms": noop_call_ms("bench-on", grpc=True),
+        "noop_handle_call_ms_actor": noop_call_ms("bench-defaults", grpc=False),
+    }
     return rows, {**summary, **bare}
 
 
@@ -261,7 +272,9 @@ def cpu_benchmark(args: argparse.Namespace) -> dict[str, Any]:
 
     torch.set_num_threads(1)
     load_before = os.getloadavg()
-    data = clips(max(args.requests, 2 * max(args.concurrency)))
+    n = max(args.requests, 2 * max(args.concurrency))
+    every = clips(n + 4)
+    data, warm = every[:n], every[n:]  # the warm-up's clips are never measured: the gateway caches features
     bodies = [chat_body(x, rate, args.max_tokens) for x, rate in data]
     responder = build_responder(load_config("tiny").model)
     env = {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
@@ -270,8 +283,8 @@ def cpu_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     url = f"http://127.0.0.1:{args.port}"
     try:
         deploy_apps()
-        for mode in MODES:  # warm-up: imports, first batches
-            asyncio.run(serve_level(f"{url}/{mode}", bodies[:4], 2))
+        for mode in APPS:  # warm-up: imports, first batches
+            asyncio.run(serve_level(f"{url}/{mode}", [chat_body(x, rate, args.max_tokens) for x, rate in warm], 2))
         timed_events(responder.stream([[Message("user", audio=AudioInput(*data[0]))]]))
         rows, summary = paired_c1(responder, data[: args.requests], bodies[: args.requests], url, args.max_tokens)
         rows.append(in_process_batch(responder, data, args.max_tokens))
