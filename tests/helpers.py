@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
+from typing import Any
 
 import torch
+from freezeempath.config import CodecConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -75,3 +78,35 @@ def _row(uid, audio, rate, i, n_units):
 # (tests/train/test_train_ray.py) and through two gloo processes under the other (test_zero_matrix.py).
 STAGE_ZERO_RAY = [("s1", 3), ("s2a", 2), ("s2b", 3), ("s3a", 2), ("s3b", 3)]
 STAGE_ZERO_DIRECT = [("s1", 2), ("s2a", 3), ("s2b", 2), ("s3a", 3), ("s3b", 2)]
+
+
+# codec tests (8 kHz, hop 160, 24 mels, 16 units)
+TINY_CODEC = CodecConfig(
+    n_units=16,
+    unit_rate=50,
+    sample_rate=8000,
+    n_mels=24,
+    n_fft=512,
+    decoder_hidden=32,
+    griffin_lim_iters=8,
+    context_units=4,
+)
+CODEC_HOP = TINY_CODEC.sample_rate // TINY_CODEC.unit_rate
+
+
+def codec_clip(seed: int, seconds: float = 1.0) -> torch.Tensor:
+    """Speech-like test audio ``(N,)``: harmonics of a gliding pitch, syllable envelope, a little noise."""
+    g = torch.Generator().manual_seed(seed)
+    n = int(seconds * TINY_CODEC.sample_rate)
+    t = torch.arange(n) / TINY_CODEC.sample_rate
+    f0 = 100 + 80 * torch.rand(1, generator=g) + 40 * torch.sin(2 * math.pi * (0.5 + torch.rand(1, generator=g)) * t)
+    phase = 2 * math.pi * torch.cumsum(f0, 0) / TINY_CODEC.sample_rate
+    voiced = sum(torch.sin(k * phase) / k for k in range(1, 12))
+    envelope = torch.sin(math.pi * (2 + 3 * torch.rand(1, generator=g)) * t).abs()
+    noise = torch.randn(n, generator=g) * (1 - envelope) * 0.05
+    return (0.2 * voiced * envelope + noise).to(torch.float32)
+
+
+def mel_distance(codec: Any, a: torch.Tensor, b: torch.Tensor) -> float:
+    """Mean log-mel L1 between two waveforms of equal length."""
+    return (codec.log_mel(a) - codec.log_mel(b)).abs().mean().item()

@@ -130,12 +130,13 @@ class SpeechDecoderConfig:
 class CodecConfig:
     """Speech codec: waveform → units at ``unit_rate`` Hz, units → waveform.
 
-    ``kind: mel_kmeans`` is the built-in codec fitted from data (k-means over log-mel frames plus a
-    small learned units-to-mel decoder and Griffin-Lim); ``path`` holds its fitted state, empty means
-    untrained (random codebook).
+    Built-in codecs, fitted from data, both decoding with a small learned causal units-to-mel decoder
+    and Griffin-Lim: ``mel_kmeans`` takes units from k-means over log-mel frames; ``mel_vq`` from a
+    conv encoder + vector quantisation trained with the decoder (a VQ-VAE; far more intelligible).
+    ``path`` holds the fitted state; empty means untrained (random codebook).
     """
 
-    kind: Literal["mel_kmeans"] = "mel_kmeans"
+    kind: Literal["mel_kmeans", "mel_vq"] = "mel_kmeans"
     path: str = ""
     n_units: int = 64
     unit_rate: int = 50

@@ -77,7 +77,7 @@ def demo() -> Config:
             speech_decoder=SpeechDecoderConfig(
                 hidden=256, layers=4, heads=4, kv_heads=2, ffn=1024, read=3, write=15, max_units=400
             ),
-            codec=CodecConfig(n_units=512, n_mels=80, decoder_hidden=256, griffin_lim_iters=32),
+            codec=CodecConfig(kind="mel_vq", n_units=2048, n_mels=80, decoder_hidden=256, griffin_lim_iters=32),
             generation=GenerationConfig(max_new_tokens=48),
         ),
     )
@@ -112,7 +112,7 @@ def paper() -> Config:
             speech_decoder=SpeechDecoderConfig(
                 hidden=896, layers=24, heads=14, kv_heads=2, ffn=4864, read=3, write=15, max_units=1024
             ),
-            codec=CodecConfig(n_units=8192, n_mels=80, decoder_hidden=512, griffin_lim_iters=32),
+            codec=CodecConfig(kind="mel_vq", n_units=8192, n_mels=80, decoder_hidden=512, griffin_lim_iters=32),
             generation=GenerationConfig(max_new_tokens=256, temperature=0.7),
             dtype="bfloat16",
         ),

@@ -33,6 +33,7 @@ from freezeempath.data.targets import (
 from freezeempath.data.template import to_messages
 from freezeempath.labels import Emotion
 from freezeempath.model.codec import MelKMeansCodec, build_codec
+from freezeempath.model.vq_codec import MelVQCodec
 from helpers import speech_like
 
 HAS_ESPEAK = Path("/usr/bin/espeak-ng").is_file()
@@ -186,14 +187,18 @@ def test_speech_then_units_from_espeak_reply_audio(ray_local, cfg, shards):
     assert make_targets("units", shards["root"] / "s3-speech", shards["root"] / "s3", cfg).shards_written == 0
 
 
-def test_fit_codec_on_shard_audio_saves_a_loadable_codec(cfg, shards, tmp_path):
+@pytest.mark.parametrize(("kind", "cls"), [("mel_kmeans", MelKMeansCodec), ("mel_vq", MelVQCodec)])
+def test_fit_codec_on_shard_audio_saves_a_loadable_codec(cfg, shards, tmp_path, kind, cls):
     waves = read_waves(shards["ser"], limit=6, seed=0)
     assert len(waves) == 6 and all(w.dtype == torch.float32 for w in waves)
-    small = load_config("tiny", ["targets.codec_decoder_steps=5", "targets.codec_kmeans_iters=3"])
-    codec, report = fit_codec(small, waves)
-    assert report.clips == 6 and report.inertia < report.inertia_initial
+    steps = ["targets.codec_decoder_steps=5", "targets.codec_kmeans_iters=3", f"model.codec.kind={kind}"]
+    codec, report = fit_codec(load_config("tiny", steps), waves)
+    assert isinstance(codec, cls) and report.clips == 6 and report.mel_l1_after < report.mel_l1_before
+    assert kind == "mel_vq" or report.inertia < report.inertia_initial  # k-means; VQ latents change scale
     codec.save(tmp_path / "codec")
-    loaded = build_codec(load_config("tiny", [f"model.codec.path={tmp_path / 'codec'}"]).model.codec)
-    assert isinstance(loaded, MelKMeansCodec)
+    loaded = build_codec(
+        load_config("tiny", [f"model.codec.kind={kind}", f"model.codec.path={tmp_path / 'codec'}"]).model.codec
+    )
+    assert isinstance(loaded, cls)
     torch.testing.assert_close(loaded.encode(waves[0]), codec.encode(waves[0]))
     shutil.rmtree(tmp_path / "codec")

@@ -1,6 +1,6 @@
 """MelKMeansCodec: frame counts, streaming vs decode, fitting, save/load, input validation.
 
-Tiny sizes (8 kHz, hop 160, 24 mels, 16 units); audio is synthesised here (gliding harmonics + noise).
+Tiny sizes (8 kHz, hop 160, 24 mels, 16 units) and synthetic audio (gliding harmonics + noise) from helpers.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from freezeempath.config import CodecConfig
 from freezeempath.model.codec import (
     CodecFitReport,
     MelKMeansCodec,
@@ -20,40 +19,14 @@ from freezeempath.model.codec import (
     UnitStreamDecoder,
     build_codec,
 )
-
-TINY = CodecConfig(
-    n_units=16,
-    unit_rate=50,
-    sample_rate=8000,
-    n_mels=24,
-    n_fft=512,
-    decoder_hidden=32,
-    griffin_lim_iters=8,
-    context_units=4,
-)
-HOP = TINY.sample_rate // TINY.unit_rate
-
-
-def clip(seed: int, seconds: float = 1.0) -> torch.Tensor:
-    """Speech-like test audio ``(N,)``: harmonics of a gliding pitch, syllable envelope, a little noise."""
-    g = torch.Generator().manual_seed(seed)
-    n = int(seconds * TINY.sample_rate)
-    t = torch.arange(n) / TINY.sample_rate
-    f0 = 100 + 80 * torch.rand(1, generator=g) + 40 * torch.sin(2 * math.pi * (0.5 + torch.rand(1, generator=g)) * t)
-    phase = 2 * math.pi * torch.cumsum(f0, 0) / TINY.sample_rate
-    voiced = sum(torch.sin(k * phase) / k for k in range(1, 12))
-    envelope = torch.sin(math.pi * (2 + 3 * torch.rand(1, generator=g)) * t).abs()
-    noise = torch.randn(n, generator=g) * (1 - envelope) * 0.05
-    return (0.2 * voiced * envelope + noise).to(torch.float32)
+from helpers import CODEC_HOP as HOP
+from helpers import TINY_CODEC as TINY
+from helpers import codec_clip as clip
+from helpers import mel_distance
 
 
 def make_codec() -> MelKMeansCodec:
     return build_codec(TINY)
-
-
-def mel_distance(codec: MelKMeansCodec, a: torch.Tensor, b: torch.Tensor) -> float:
-    """Mean log-mel L1 between two waveforms of equal length."""
-    return (codec.log_mel(a) - codec.log_mel(b)).abs().mean().item()
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 """Codec fitting data: seeded samples of clips from shards, and a fresh codec fitted on them.
 
-In: shards (folders, files or globs) and a config. Out: mono 16 kHz waveforms, and a fitted
-``MelKMeansCodec`` with its ``CodecFitReport``.
+In: shards (folders, files or globs) and a config. Out: mono 16 kHz waveforms, and a fitted codec of
+``model.codec.kind`` (``MelKMeansCodec`` or ``MelVQCodec``) with its ``CodecFitReport``.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def read_waves(shards: str | Sequence[str], column: str = "audio", limit: int = 
 
 
 def fit_codec(cfg: Config, waves: Sequence[torch.Tensor]) -> tuple[Any, Any]:
-    """Fit a fresh codec of ``model.codec``'s shape on 16 kHz clips → ``(MelKMeansCodec, CodecFitReport)``.
+    """Fit a fresh codec of ``model.codec``'s kind and shape on 16 kHz clips → ``(codec, CodecFitReport)``.
 
     Save it with ``codec.save(directory)`` and point ``model.codec.path`` at that directory.
     """

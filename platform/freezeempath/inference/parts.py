@@ -118,8 +118,8 @@ def build_decoder_part(cfg: ModelConfig, trained: str | None = None, device: str
 
 
 def build_codec_part(cfg: ModelConfig, device: str = "cpu") -> MelKMeansCodec:
-    """The codec (fitted state from ``cfg.codec.path`` when set)."""
-    return build_codec(cfg.codec).to(device).eval()
+    """The codec's units-to-audio side (fitted state from ``cfg.codec.path`` when set)."""
+    return build_codec(cfg.codec).synthesizer.to(device).eval()
 
 
 def build_full_model(cfg: ModelConfig, trained: str | None = None, device: str = "cpu") -> FreezeEmpathModel:

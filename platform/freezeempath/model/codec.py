@@ -102,7 +102,11 @@ class UnitMelDecoder(nn.Module):
 
     def forward(self, units: torch.Tensor) -> torch.Tensor:
         """``units (B, T)`` int64 → log-mel residual ``(B, T, n_mels)``."""
-        x = self.embed(units).transpose(1, 2)  # (B, H, T)
+        return self.from_embeddings(self.embed(units))
+
+    def from_embeddings(self, x: torch.Tensor) -> torch.Tensor:
+        """Unit embeddings ``(B, T, H)`` → log-mel residual ``(B, T, n_mels)`` (``forward`` after ``embed``)."""
+        x = x.transpose(1, 2)  # (B, H, T)
         for conv in self.convs:
             x = x + F.gelu(conv(F.pad(x, (DECODER_KERNEL - 1, 0))))  # (B, H, T), left pad = causal
         return self.out(x.transpose(1, 2))  # (B, T, n_mels)
@@ -213,6 +217,11 @@ class MelKMeansCodec(nn.Module):
     def args(self) -> dict[str, int]:
         """The constructor args (what ``codec.json`` holds)."""
         return {name: getattr(self, name) for name in CODEC_ARGS}
+
+    @property
+    def synthesizer(self) -> MelKMeansCodec:
+        """The part that turns units into audio (what a vocoder needs): this codec itself."""
+        return self
 
     def frame_count(self, n_samples: int) -> int:
         """Units for a clip of ``n_samples``: ``ceil(n_samples / hop)``."""
@@ -377,26 +386,34 @@ class MelKMeansCodec(nn.Module):
         codec.load_fitted_state(safetensors.torch.load_file(str(root / WEIGHTS_FILE)), str(root))
         return codec
 
-    @torch.no_grad()
     def load_fitted_state(self, tensors: dict[str, torch.Tensor], source: str = "state") -> None:
         """Copy ``tensors`` into the codebook and decoder strictly (same names, same shapes)."""
-        own = self.fitted_state()
-        missing, extra = sorted(set(own) - set(tensors)), sorted(set(tensors) - set(own))
-        if missing or extra:
-            raise ValueError(f"{source}: codec tensors do not match (missing {missing}, unexpected {extra})")
-        for name, value in own.items():
-            got, want = tuple(tensors[name].shape), tuple(value.shape)
-            if got != want:
-                raise ValueError(f"{source}: {name} has shape {got}, but codec.json implies {want}")
-            value.copy_(tensors[name])
+        copy_strict(self.fitted_state(), tensors, source)
 
 
-def build_codec(cfg: CodecConfig) -> MelKMeansCodec:
-    """Build the codec from config; load its fitted state from ``cfg.path`` when set (args must agree)."""
+@torch.no_grad()
+def copy_strict(own: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor], source: str) -> None:
+    """Copy ``tensors`` into ``own`` in place; different names or shapes raise, naming ``source``."""
+    missing, extra = sorted(set(own) - set(tensors)), sorted(set(tensors) - set(own))
+    if missing or extra:
+        raise ValueError(f"{source}: codec tensors do not match (missing {missing}, unexpected {extra})")
+    for name, value in own.items():
+        got, want = tuple(tensors[name].shape), tuple(value.shape)
+        if got != want:
+            raise ValueError(f"{source}: {name} has shape {got}, but codec.json implies {want}")
+        value.copy_(tensors[name])
+
+
+def build_codec(cfg: CodecConfig) -> Any:
+    """The codec of ``cfg.kind`` (``MelKMeansCodec`` or ``vq_codec.MelVQCodec``); fitted state from
+    ``cfg.path`` when set (its args must agree with the config)."""
+    from freezeempath.model.vq_codec import MelVQCodec  # it builds on this module
+
+    kind = MelVQCodec if cfg.kind == "mel_vq" else MelKMeansCodec
     args = {k: v for k, v in dataclasses.asdict(cfg).items() if k in CODEC_ARGS}
     if not cfg.path:
-        return MelKMeansCodec(**args)
-    codec = MelKMeansCodec.load(cfg.path)
+        return kind(**args)
+    codec = kind.load(cfg.path)
     wrong = [f"{k}={v} (saved {codec.args[k]})" for k, v in args.items() if codec.args[k] != v]
     if wrong:
         raise ValueError(f"codec at {cfg.path} does not match codec config: {', '.join(wrong)}")

@@ -1,0 +1,88 @@
+"""MelVQCodec (``kind: mel_vq``): learned units, the shared decoder, fitting, save/load and kind checks.
+
+Same tiny sizes and synthetic audio as ``test_codec.py``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from freezeempath.model.codec import CodecFitReport, MelKMeansCodec, SpeechCodec, build_codec
+from freezeempath.model.vq_codec import MelVQCodec
+from helpers import CODEC_HOP as HOP
+from helpers import TINY_CODEC as TINY
+from helpers import codec_clip as clip
+from helpers import mel_distance
+
+VQ = dataclasses.replace(TINY, kind="mel_vq")
+
+
+@pytest.fixture(scope="module")
+def fitted() -> tuple[MelVQCodec, CodecFitReport]:
+    codec = build_codec(VQ)
+    report = codec.fit([clip(s) for s in range(6)], decoder_steps=150, seed=0)
+    return codec, report
+
+
+def test_config_kind_builds_a_vq_codec_that_speaks_the_codec_protocol() -> None:
+    codec = build_codec(VQ)
+    assert isinstance(codec, MelVQCodec) and isinstance(codec, SpeechCodec)
+    assert isinstance(codec.synthesizer, MelKMeansCodec)  # what vocoding uses
+    units = codec.encode(clip(0, seconds=0.5))
+    assert units.shape == (-(-TINY.sample_rate // 2 // HOP),) and units.dtype == torch.long
+    assert int(units.min()) >= 0 and int(units.max()) < TINY.n_units
+    assert codec.decode(units).shape == (units.numel() * HOP,)
+
+
+def test_fit_lowers_mel_error_and_units_carry_information(fitted: tuple[MelVQCodec, CodecFitReport]) -> None:
+    codec, report = fitted
+    assert report.clips == 6 and report.frames == 6 * TINY.unit_rate
+    assert report.mel_l1_after < 0.5 * report.mel_l1_before
+    wave = clip(20)  # held out
+    units = codec.encode(wave)
+    assert len(set(units.tolist())) > 2  # the units carry information, not one code
+    untrained = build_codec(VQ)
+    trained_error = mel_distance(codec.synthesizer, codec.decode(units), wave)
+    untrained_error = mel_distance(untrained.synthesizer, untrained.decode(untrained.encode(wave)), wave)
+    assert trained_error < untrained_error
+
+
+def test_decoder_folding_keeps_streaming_equal_to_decode(fitted: tuple[MelVQCodec, CodecFitReport]) -> None:
+    codec, _ = fitted
+    units = codec.encode(clip(21))
+    stream = codec.stream()
+    whole = torch.cat([stream.push(units), stream.flush()])
+    torch.testing.assert_close(whole, codec.decode(units))
+    assert torch.count_nonzero(codec.synthesizer.codebook) == 0  # everything lives in the folded decoder
+
+
+def test_fit_is_deterministic() -> None:
+    waves = [clip(s, seconds=0.5) for s in range(2)]
+    a, b = build_codec(VQ), build_codec(VQ)
+    assert a.fit(waves, decoder_steps=5, seed=3) == b.fit(waves, decoder_steps=5, seed=3)
+    assert torch.equal(a.codes, b.codes)
+    with pytest.raises(ValueError, match="at least n_units=16 frames"):
+        build_codec(VQ).fit([clip(0, seconds=0.1)])
+
+
+def test_save_load_round_trip_and_kind_checks(fitted: tuple[MelVQCodec, CodecFitReport], tmp_path: Path) -> None:
+    codec, _ = fitted
+    codec.save(tmp_path)
+    assert json.loads((tmp_path / "codec.json").read_text())["kind"] == "mel_vq"
+    loaded = build_codec(dataclasses.replace(VQ, path=str(tmp_path)))
+    wave = clip(22)
+    units = codec.encode(wave)
+    assert torch.equal(loaded.encode(wave), units)
+    assert torch.equal(loaded.decode(units), codec.decode(units))
+    with pytest.raises(ValueError, match="expected keys"):  # a mel_vq folder is not a mel_kmeans codec
+        build_codec(dataclasses.replace(TINY, path=str(tmp_path)))
+    with pytest.raises(ValueError, match=r"n_units=32 \(saved 16\)"):
+        build_codec(dataclasses.replace(VQ, path=str(tmp_path), n_units=32))
+    kmeans_dir = tmp_path / "kmeans"
+    build_codec(TINY).save(kmeans_dir)
+    with pytest.raises(ValueError, match="not a mel_vq codec"):
+        build_codec(dataclasses.replace(VQ, path=str(kmeans_dir)))
