@@ -117,7 +117,8 @@ class DeploymentArgs(_Strict):
         return self
 
     def serve_options(self, env: dict[str, str] | None = None) -> dict[str, Any]:
-        """Keyword arguments for ``Deployment.options``; ``env`` joins the replicas' env vars (ours win)."""
+        """Keyword arguments for ``Deployment.options``; ``env`` joins the replicas' env vars (the
+        deployment's own ``runtime_env.env_vars`` win)."""
         options = self.model_dump(exclude={"batching"}, exclude_none=True)
         actor = self.ray_actor_options.model_dump(exclude_none=True)
         if env:

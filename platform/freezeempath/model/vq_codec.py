@@ -192,7 +192,10 @@ class MelVQCodec(nn.Module):
 
 
 class _Trainer(nn.Module):
-    """The VQ-VAE during ``fit``: latents → EMA-quantised codes (straight-through) → decoder → log-mel."""
+    """The VQ-VAE during ``fit``: latents → EMA-quantised codes (straight-through) → decoder → log-mel.
+
+    Building it re-initialises the codec's encoder, codes and decoder (seeded) and zeroes the codebook.
+    """
 
     def __init__(self, codec: MelVQCodec, frames: torch.Tensor, seed: int) -> None:
         super().__init__()
