@@ -144,6 +144,10 @@ def _crash_rank_zero() -> None:
     import ray.train
 
     if ray.train.get_context().get_world_rank() == 0:
+        # The controller collects reports (and so checkpoints) by polling workers every
+        # RAY_TRAIN_HEALTH_CHECK_INTERVAL_S; a dead worker's unpolled reports are lost, and with them
+        # the checkpoint to resume from. Outlive two polls, so the drill tests resuming, not that race.
+        time.sleep(2 * float(os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "2")))
         log.warning("fault drill: rank 0 exits now")
         os._exit(1)
 
