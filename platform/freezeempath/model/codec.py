@@ -322,11 +322,7 @@ class MelKMeansCodec(nn.Module):
         Returns:
             A :class:`CodecFitReport`.
         """
-        with torch.no_grad():
-            mels = [self.log_mel(self.check_wave(w)) for w in waves]  # each (T_i, n_mels)
-        frames = torch.cat(mels) if mels else torch.zeros(0, self.n_mels)  # (F, n_mels)
-        if frames.shape[0] < self.n_units:
-            raise ValueError(f"fit needs at least n_units={self.n_units} frames, got {frames.shape[0]}")
+        mels, frames = self.fit_frames(waves)
         generator = torch.Generator(device=frames.device).manual_seed(seed)
         initial = nearest(frames, self.codebook)[0].mean().item()
         codebook, inertia = kmeans(frames, self.n_units, kmeans_iters, generator)
@@ -336,6 +332,15 @@ class MelKMeansCodec(nn.Module):
             self.decoder = UnitMelDecoder(self.n_units, self.n_mels, self.args["decoder_hidden"]).to(frames)
         before, after = self._train_decoder(mels, decoder_steps, lr)
         return CodecFitReport(len(mels), frames.shape[0], initial, inertia, before, after)
+
+    @torch.no_grad()
+    def fit_frames(self, waves: list[torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Checked clips → their log-mels ``(T_i, n_mels)`` and all frames ``(F, n_mels)``; at least ``n_units``."""
+        mels = [self.log_mel(self.check_wave(w)) for w in waves]
+        frames = torch.cat(mels) if mels else torch.zeros(0, self.n_mels)
+        if frames.shape[0] < self.n_units:
+            raise ValueError(f"fit needs at least n_units={self.n_units} frames, got {frames.shape[0]}")
+        return mels, frames
 
     def _train_decoder(self, mels: list[torch.Tensor], steps: int, lr: float) -> tuple[float, float]:
         """Full-batch Adam on masked log-mel L1; returns the loss before and after."""

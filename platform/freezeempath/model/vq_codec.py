@@ -132,11 +132,7 @@ class MelVQCodec(nn.Module):
             A :class:`CodecFitReport`; ``inertia*`` are the mean squared latent-to-code distances.
         """
         del kmeans_iters
-        with torch.no_grad():
-            mels = [self.synthesizer.log_mel(self.synthesizer.check_wave(w)) for w in waves]  # each (T_i, n_mels)
-        frames = torch.cat(mels) if mels else torch.zeros(0, self.synthesizer.n_mels)
-        if frames.shape[0] < self.n_units:
-            raise ValueError(f"fit needs at least n_units={self.n_units} frames, got {frames.shape[0]}")
+        mels, frames = self.synthesizer.fit_frames(waves)
         generator = torch.Generator().manual_seed(seed)
         trainer = _Trainer(self, frames, seed)
         before = _mel_l1(self, mels)
