@@ -9,9 +9,13 @@ from __future__ import annotations
 import torch
 
 
-def nearest(frames: torch.Tensor, centroids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``frames (F, D)``, ``centroids (K, D)`` → squared distance to the nearest ``(F,)`` and its index."""
-    dist = torch.cdist(frames, centroids, compute_mode="donot_use_mm_for_euclid_dist").square()  # (F, K)
+def nearest(frames: torch.Tensor, centroids: torch.Tensor, exact: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """``frames (F, D)``, ``centroids (K, D)`` → squared distance to the nearest ``(F,)`` and its index.
+
+    ``exact=False`` uses cdist's matmul form: many times faster, but near-ties may resolve differently.
+    """
+    mode = "donot_use_mm_for_euclid_dist" if exact else "use_mm_for_euclid_dist"
+    dist = torch.cdist(frames, centroids, compute_mode=mode).square()  # (F, K)
     best, index = dist.min(dim=1)
     return best, index
 

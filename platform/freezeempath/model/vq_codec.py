@@ -216,7 +216,7 @@ class _Trainer(nn.Module):
         """``crops (B, T, n_mels)`` → log-mel L1 + commitment."""
         latents = self.codec.encoder(crops)  # (B, T, D)
         flat = latents.reshape(-1, CODE_DIM)
-        index = _nearest_fast(flat.detach(), self.codec.codes)[1]  # (B · T,)
+        index = nearest(flat.detach(), self.codec.codes, exact=False)[1]  # (B · T,)
         self._update_codes(flat.detach(), index)
         quantised = self.codec.codes[index].reshape(latents.shape)
         straight = latents + (quantised - latents).detach()  # (B, T, D)
@@ -250,15 +250,10 @@ class _Trainer(nn.Module):
     def quantisation_error(self, mels: list[torch.Tensor]) -> float:
         """Mean squared latent-to-nearest-code distance over ``mels``."""
         return (
-            torch.cat([_nearest_fast(self.codec.encoder(m[None])[0], self.codec.codes)[0] for m in mels]).mean().item()
+            torch.cat([nearest(self.codec.encoder(m[None])[0], self.codec.codes, exact=False)[0] for m in mels])
+            .mean()
+            .item()
         )
-
-
-def _nearest_fast(latents: torch.Tensor, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Like ``kmeans.nearest`` (squared distance, index) in cdist's matmul form: many times faster while
-    fitting; ``encode`` keeps the exact form, so near-ties may resolve differently (never seen to matter)."""
-    best, index = torch.cdist(latents, codes).min(-1)
-    return best.square(), index
 
 
 def _crops(mels: list[torch.Tensor], generator: torch.Generator) -> torch.Tensor:
@@ -277,7 +272,7 @@ def _mel_l1(codec: MelVQCodec, mels: list[torch.Tensor]) -> float:
     """Mean log-mel L1 of encode → predicted log-mel over ``mels`` (the decoder's reconstruction)."""
     total, frames = 0.0, 0
     for mel in mels:
-        units = _nearest_fast(codec.encoder(mel[None])[0], codec.codes)[1]
+        units = nearest(codec.encoder(mel[None])[0], codec.codes, exact=False)[1]
         total += (codec.synthesizer.predict_log_mel(units[None])[0] - mel).abs().mean(-1).sum().item()
         frames += mel.shape[0]
     return total / max(frames, 1)
