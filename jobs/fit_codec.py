@@ -9,7 +9,7 @@ bundled question and any ``--heldout`` shards. Prints the fit report and the WER
 written to ``--out/report.json``)::
 
     python -m jobs.fit_codec --in "outputs/shards/ravdess/train-*.parquet" --out outputs/codec/demo --config demo \\
-        targets.codec_fit_clips=0 targets.codec_decoder_steps=6000      # the README's figure
+        targets.codec_fit_clips=0                                    # the README's figure
     python -m jobs.fit_codec --in "outputs/shards/sample/train-*.parquet" \\
         --heldout "outputs/shards/sample/test-*.parquet" --out outputs/codec/demo-espeak --config demo
     python -m jobs.fit_codec --in "outputs/shards/ravdess/train-*" --out outputs/codec/tiny --config tiny --no-wer

@@ -46,6 +46,7 @@ def test_dotted_overrides_are_typed():
         ("model.adapter", "not of the form key.sub=value"),
         ("model.encoder.max_input_seconds=60", "max_input_seconds must be in"),
         ("data.feature_prefetch=0", "data.feature_prefetch must be >= 1"),
+        ("targets.codec_decoder_steps=-1", "targets.codec_decoder_steps must be >= 0"),
     ],
 )
 def test_bad_overrides_name_the_key(override, message):

@@ -227,7 +227,9 @@ class TargetsConfig:
     codec_fit_clips: int = 256
     """Clips (a seeded sample of the shards' rows) the codec is fitted on; 0 = all."""
     codec_kmeans_iters: int = 20
-    codec_decoder_steps: int = 300
+    codec_decoder_steps: int = 0
+    """Codec training steps; 0 = the kind's default (``mel_kmeans``: 300 full-batch steps of its decoder;
+    ``mel_vq``: 6000 mini-batch steps of encoder, codes and decoder)."""
     heldout_clips: int = 48
     """Held-out real clips (RAVDESS test actors, seeded sample) for the codec's WER check; 0 = all."""
 
@@ -236,6 +238,7 @@ class TargetsConfig:
         _check(self.batch_rows >= 1, "targets.batch_rows must be >= 1")
         _check(self.pairs_per_ser_clip >= 1, "targets.pairs_per_ser_clip must be >= 1")
         _check(self.actors >= 1 and self.actor_cpus > 0, "targets.actors must be >= 1 and actor_cpus > 0")
+        _check(self.codec_decoder_steps >= 0, "targets.codec_decoder_steps must be >= 0 (0 = the kind's default)")
 
 
 @dataclass(frozen=True)

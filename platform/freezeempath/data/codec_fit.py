@@ -48,5 +48,6 @@ def fit_codec(cfg: Config, waves: Sequence[torch.Tensor]) -> tuple[Any, Any]:
 
     codec = build_codec(dataclasses.replace(cfg.model.codec, path=""))
     t = cfg.targets
-    report = codec.fit(list(waves), kmeans_iters=t.codec_kmeans_iters, decoder_steps=t.codec_decoder_steps, seed=t.seed)
+    steps = {"decoder_steps": t.codec_decoder_steps} if t.codec_decoder_steps else {}  # 0: the kind's default
+    report = codec.fit(list(waves), kmeans_iters=t.codec_kmeans_iters, seed=t.seed, **steps)
     return codec, report

@@ -43,6 +43,7 @@ EMA_DECAY = 0.99
 COMMITMENT = 0.25
 CROP_FRAMES = 128  # training crops: 2.56 s at 50 Hz
 BATCH = 16
+FIT_STEPS = 6000  # the README's figure; fewer leave units that lose words
 LOG_EVERY = 500  # steps between progress lines
 
 log = logging.getLogger(__name__)
@@ -115,7 +116,7 @@ class MelVQCodec(nn.Module):
         waves: list[torch.Tensor],
         *,
         kmeans_iters: int = 0,
-        decoder_steps: int = 300,
+        decoder_steps: int = FIT_STEPS,
         lr: float = 1e-3,
         seed: int = 0,
     ) -> CodecFitReport:
