@@ -130,13 +130,15 @@ class SpeechDecoderConfig:
 class CodecConfig:
     """Speech codec: waveform → units at ``unit_rate`` Hz, units → waveform.
 
-    Built-in codecs, fitted from data, both decoding with a small learned causal units-to-mel decoder
+    Built-in codecs, fitted from data, all decoding with a small learned causal units-to-mel decoder
     and Griffin-Lim: ``mel_kmeans`` takes units from k-means over log-mel frames; ``mel_vq`` from a
-    conv encoder + vector quantisation trained with the decoder (a VQ-VAE; far more intelligible).
+    conv encoder + vector quantisation trained with the decoder (a VQ-VAE; far more intelligible);
+    ``encoder_vq`` the same over the frozen speech encoder's states (``model.encoder``; 50 Hz units):
+    content units that carry over to unseen speakers best.
     ``path`` holds the fitted state; empty means untrained (random codebook).
     """
 
-    kind: Literal["mel_kmeans", "mel_vq"] = "mel_kmeans"
+    kind: Literal["mel_kmeans", "mel_vq", "encoder_vq"] = "mel_kmeans"
     path: str = ""
     n_units: int = 64
     unit_rate: int = 50

@@ -187,7 +187,9 @@ def test_speech_then_units_from_espeak_reply_audio(ray_local, cfg, shards):
     assert make_targets("units", shards["root"] / "s3-speech", shards["root"] / "s3", cfg).shards_written == 0
 
 
-@pytest.mark.parametrize(("kind", "cls"), [("mel_kmeans", MelKMeansCodec), ("mel_vq", MelVQCodec)])
+@pytest.mark.parametrize(
+    ("kind", "cls"), [("mel_kmeans", MelKMeansCodec), ("mel_vq", MelVQCodec), ("encoder_vq", MelVQCodec)]
+)
 def test_fit_codec_on_shard_audio_saves_a_loadable_codec(cfg, shards, tmp_path, kind, cls):
     waves = read_waves(shards["ser"], limit=6, seed=0)
     assert len(waves) == 6 and all(w.dtype == torch.float32 for w in waves)
@@ -196,9 +198,8 @@ def test_fit_codec_on_shard_audio_saves_a_loadable_codec(cfg, shards, tmp_path, 
     assert isinstance(codec, cls) and report.clips == 6 and report.mel_l1_after < report.mel_l1_before
     assert kind == "mel_vq" or report.inertia < report.inertia_initial  # k-means; VQ latents change scale
     codec.save(tmp_path / "codec")
-    loaded = build_codec(
-        load_config("tiny", [f"model.codec.kind={kind}", f"model.codec.path={tmp_path / 'codec'}"]).model.codec
-    )
+    model = load_config("tiny", [f"model.codec.kind={kind}", f"model.codec.path={tmp_path / 'codec'}"]).model
+    loaded = build_codec(model.codec, model.encoder)
     assert isinstance(loaded, cls)
     torch.testing.assert_close(loaded.encode(waves[0]), codec.encode(waves[0]))
     shutil.rmtree(tmp_path / "codec")

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
+import torchaudio
+from freezeempath.config import load_config
 from freezeempath.model.codec import CodecFitReport, MelKMeansCodec, SpeechCodec, build_codec
 from freezeempath.model.vq_codec import MelVQCodec
 from helpers import CODEC_HOP as HOP
@@ -86,3 +88,38 @@ def test_save_load_round_trip_and_kind_checks(fitted: tuple[MelVQCodec, CodecFit
     build_codec(TINY).save(kmeans_dir)
     with pytest.raises(ValueError, match="not a mel_vq codec"):
         build_codec(dataclasses.replace(VQ, path=str(kmeans_dir)))
+
+
+ENCODER = load_config("tiny").model.encoder  # random Whisper weights, built from a fixed seed
+ENC_VQ = dataclasses.replace(TINY, kind="encoder_vq", sample_rate=16_000, n_fft=1024)
+
+
+def speech16k(seed: int, seconds: float = 1.0) -> torch.Tensor:
+    """The test clip at the speech encoder's 16 kHz."""
+    return torchaudio.functional.resample(clip(seed, seconds), TINY.sample_rate, 16_000)
+
+
+def test_encoder_vq_takes_units_from_the_speech_encoder_and_records_it(tmp_path: Path) -> None:
+    codec = build_codec(ENC_VQ, ENCODER)
+    assert isinstance(codec, MelVQCodec) and codec.kind == "encoder_vq"
+    report = codec.fit([speech16k(s) for s in range(6)], decoder_steps=60, seed=0)
+    assert report.mel_l1_after < report.mel_l1_before
+    long = speech16k(7, seconds=ENCODER.window_seconds + 1.5)  # two encoder windows
+    units = codec.encode(long)
+    assert units.shape == (-(-long.numel() // 320),) and len(set(units.tolist())) > 1
+    codec.save(tmp_path)
+    assert json.loads((tmp_path / "codec.json").read_text())["content"] == dataclasses.asdict(ENCODER)
+    loaded = build_codec(dataclasses.replace(ENC_VQ, path=str(tmp_path)), ENCODER)
+    assert torch.equal(loaded.encode(long), units)
+    assert torch.equal(loaded.decode(units), codec.decode(units))
+    with pytest.raises(ValueError, match="fitted with speech encoder"):
+        build_codec(dataclasses.replace(ENC_VQ, path=str(tmp_path)), dataclasses.replace(ENCODER, layers=3))
+    with pytest.raises(ValueError, match="not a mel_vq codec"):
+        build_codec(dataclasses.replace(ENC_VQ, kind="mel_vq", path=str(tmp_path)))
+
+
+def test_encoder_vq_needs_the_encoder_and_its_frame_rate() -> None:
+    with pytest.raises(ValueError, match="needs the speech encoder's config"):
+        build_codec(ENC_VQ)
+    with pytest.raises(ValueError, match="one unit per encoder state"):
+        build_codec(dataclasses.replace(ENC_VQ, sample_rate=8000, n_fft=512), ENCODER)

@@ -46,7 +46,7 @@ def fit_codec(cfg: Config, waves: Sequence[torch.Tensor]) -> tuple[Any, Any]:
     """
     from freezeempath.model.codec import build_codec
 
-    codec = build_codec(dataclasses.replace(cfg.model.codec, path=""))
+    codec = build_codec(dataclasses.replace(cfg.model.codec, path=""), cfg.model.encoder)
     t = cfg.targets
     steps = {"decoder_steps": t.codec_decoder_steps} if t.codec_decoder_steps else {}  # 0: the kind's default
     report = codec.fit(list(waves), kmeans_iters=t.codec_kmeans_iters, seed=t.seed, **steps)

@@ -278,7 +278,7 @@ class UnitsMaker:
 
         if not cfg.model.codec.path:
             logger.warning("model.codec.path is empty: units come from an untrained codec (random codebook)")
-        self.codec = build_codec(cfg.model.codec)
+        self.codec = build_codec(cfg.model.codec, cfg.model.encoder)
 
     def make(self, rows: list[dict[str, Any]], plan: Mapping[str, Any]) -> tuple[list[dict[str, Any]], Counter[str]]:
         """Input rows → rows with ``reply_units``, and skip counts."""

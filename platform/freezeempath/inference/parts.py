@@ -119,7 +119,7 @@ def build_decoder_part(cfg: ModelConfig, trained: str | None = None, device: str
 
 def build_codec_part(cfg: ModelConfig, device: str = "cpu") -> MelKMeansCodec:
     """The codec's units-to-audio side (fitted state from ``cfg.codec.path`` when set)."""
-    return build_codec(cfg.codec).synthesizer.to(device).eval()
+    return build_codec(cfg.codec, cfg.encoder).synthesizer.to(device).eval()
 
 
 def build_full_model(cfg: ModelConfig, trained: str | None = None, device: str = "cpu") -> FreezeEmpathModel:

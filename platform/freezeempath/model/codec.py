@@ -28,7 +28,7 @@ import torchaudio
 from torch import nn
 from torch.nn import functional as F
 
-from freezeempath.config import CodecConfig
+from freezeempath.config import CodecConfig, EncoderConfig
 from freezeempath.data.audio import validate_waveform
 from freezeempath.model.kmeans import kmeans, nearest
 from freezeempath.model.masks import length_mask
@@ -409,16 +409,24 @@ def copy_strict(own: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor], 
         value.copy_(tensors[name])
 
 
-def build_codec(cfg: CodecConfig) -> Any:
-    """The codec of ``cfg.kind`` (``MelKMeansCodec`` or ``vq_codec.MelVQCodec``); fitted state from
-    ``cfg.path`` when set (its args must agree with the config)."""
+def build_codec(cfg: CodecConfig, encoder: EncoderConfig | None = None) -> Any:
+    """The codec of ``cfg.kind`` (``MelKMeansCodec``, or ``vq_codec.MelVQCodec`` for ``mel_vq`` and
+    ``encoder_vq``); fitted state from ``cfg.path`` when set (its args must agree with the config).
+
+    ``encoder_vq`` reads its units from the frozen speech encoder, so it needs ``encoder`` (the model's
+    ``model.encoder``; its weights load on the first ``encode``, never for decoding).
+    """
+    from freezeempath.model.content import SpeechContent
     from freezeempath.model.vq_codec import MelVQCodec  # it builds on this module
 
-    kind = MelVQCodec if cfg.kind == "mel_vq" else MelKMeansCodec
+    if cfg.kind == "encoder_vq" and encoder is None:
+        raise ValueError("codec kind encoder_vq needs the speech encoder's config (model.encoder)")
     args = {k: v for k, v in dataclasses.asdict(cfg).items() if k in CODEC_ARGS}
-    if not cfg.path:
-        return kind(**args)
-    codec = kind.load(cfg.path)
+    if cfg.kind == "mel_kmeans":
+        codec = MelKMeansCodec.load(cfg.path) if cfg.path else MelKMeansCodec(**args)
+    else:
+        content = SpeechContent(encoder) if cfg.kind == "encoder_vq" and encoder else None
+        codec = MelVQCodec.load(cfg.path, content) if cfg.path else MelVQCodec(content, **args)
     wrong = [f"{k}={v} (saved {codec.args[k]})" for k, v in args.items() if codec.args[k] != v]
     if wrong:
         raise ValueError(f"codec at {cfg.path} does not match codec config: {', '.join(wrong)}")

@@ -33,6 +33,7 @@ from freezeempath.model.codec import (
     UnitStreamDecoder,
     copy_strict,
 )
+from freezeempath.model.content import STATE_HOP, SpeechContent
 from freezeempath.model.kmeans import nearest
 
 CODE_DIM = 64  # latent width of a unit
@@ -50,53 +51,74 @@ log = logging.getLogger(__name__)
 
 
 class UnitEncoder(nn.Module):
-    """Log-mel ``(B, T, n_mels)`` → latents ``(B, T, CODE_DIM)``; input standardised per mel bin."""
+    """Unit inputs ``(B, T, C)`` (log-mel, or content states) → latents ``(B, T, CODE_DIM)``; input
+    standardised per channel."""
 
-    mean: torch.Tensor  # (n_mels,) buffer
-    std: torch.Tensor  # (n_mels,) buffer
+    mean: torch.Tensor  # (C,) buffer
+    std: torch.Tensor  # (C,) buffer
 
-    def __init__(self, n_mels: int) -> None:
+    def __init__(self, channels: int) -> None:
         super().__init__()
         pad = ENCODER_KERNEL // 2
-        self.register_buffer("mean", torch.zeros(n_mels))
-        self.register_buffer("std", torch.ones(n_mels))
-        self.inp = nn.Conv1d(n_mels, ENCODER_HIDDEN, ENCODER_KERNEL, padding=pad)
+        self.register_buffer("mean", torch.zeros(channels))
+        self.register_buffer("std", torch.ones(channels))
+        self.inp = nn.Conv1d(channels, ENCODER_HIDDEN, ENCODER_KERNEL, padding=pad)
         self.convs = nn.ModuleList(
             nn.Conv1d(ENCODER_HIDDEN, ENCODER_HIDDEN, ENCODER_KERNEL, padding=pad) for _ in range(ENCODER_LAYERS)
         )
         self.out = nn.Conv1d(ENCODER_HIDDEN, CODE_DIM, 1)
 
-    def forward(self, mel: torch.Tensor) -> torch.Tensor:
-        """``(B, T, n_mels)`` → ``(B, T, CODE_DIM)``."""
-        x = F.gelu(self.inp(((mel - self.mean) / self.std).transpose(1, 2)))  # (B, H, T)
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        """``(B, T, C)`` → ``(B, T, CODE_DIM)``."""
+        x = F.gelu(self.inp(((inputs - self.mean) / self.std).transpose(1, 2)))  # (B, H, T)
         for conv in self.convs:
             x = x + F.gelu(conv(x))
         return self.out(x).transpose(1, 2)
 
 
 class MelVQCodec(nn.Module):
-    """Units from :class:`UnitEncoder` + nearest ``codes`` row; audio from ``synthesizer`` (a MelKMeansCodec)."""
+    """Units from :class:`UnitEncoder` + nearest ``codes`` row; audio from ``synthesizer`` (a MelKMeansCodec).
+
+    The unit encoder reads log-mel (``kind: mel_vq``), or, given ``content``, the frozen speech encoder's
+    states (``kind: encoder_vq``; needs 50 Hz units, one per encoder state). Decoding never needs them.
+    """
 
     codes: torch.Tensor  # (n_units, CODE_DIM) buffer: the unit latents
 
-    def __init__(self, **args: int) -> None:
+    def __init__(self, content: SpeechContent | None = None, **args: int) -> None:
         super().__init__()
         self.synthesizer = MelKMeansCodec(**args)
         self.n_units, self.unit_rate, self.sample_rate = args["n_units"], args["unit_rate"], args["sample_rate"]
+        if content is not None and self.synthesizer.hop_length != STATE_HOP:
+            hop = self.synthesizer.hop_length
+            raise ValueError(f"encoder_vq needs one unit per encoder state ({STATE_HOP} samples), not per {hop}")
+        self.content = content
         with torch.random.fork_rng(devices=[]):  # same untrained codec every time, global RNG untouched
             torch.manual_seed(0)
-            self.encoder = UnitEncoder(args["n_mels"])
+            self.encoder = UnitEncoder(content.width if content else args["n_mels"])
             self.register_buffer("codes", torch.randn(args["n_units"], CODE_DIM))
+
+    @property
+    def kind(self) -> str:
+        """``encoder_vq`` with content states as unit inputs, else ``mel_vq``."""
+        return "mel_vq" if self.content is None else "encoder_vq"
 
     @property
     def args(self) -> dict[str, int]:
         """The constructor args (what ``codec.json`` holds, with ``kind``)."""
         return self.synthesizer.args
 
+    def unit_inputs(self, waves: list[torch.Tensor], mels: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Checked clips and their log-mels ``(T_i, n_mels)`` → the unit encoder's inputs ``(T_i, C)``."""
+        if self.content is None:
+            return mels
+        return [s.to(m) for s, m in zip(self.content(waves, [m.shape[0] for m in mels]), mels, strict=True)]
+
     def latents(self, wave: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Checked wave ``(N,)`` → its log-mel ``(T, n_mels)`` and latents ``(T, CODE_DIM)``."""
-        mel = self.synthesizer.log_mel(self.synthesizer.check_wave(wave))
-        return mel, self.encoder(mel[None])[0]
+        wave = self.synthesizer.check_wave(wave)
+        mel = self.synthesizer.log_mel(wave)
+        return mel, self.encoder(self.unit_inputs([wave], [mel])[0][None])[0]
 
     @torch.no_grad()
     def encode(self, wave: torch.Tensor) -> torch.Tensor:
@@ -133,15 +155,17 @@ class MelVQCodec(nn.Module):
             A :class:`CodecFitReport`; ``inertia*`` are the mean squared latent-to-code distances.
         """
         del kmeans_iters
+        waves = [self.synthesizer.check_wave(w) for w in waves]
         mels, frames = self.synthesizer.fit_frames(waves)
+        inputs = self.unit_inputs(waves, mels)  # (T_i, C): log-mel, or content states
         generator = torch.Generator().manual_seed(seed)
-        trainer = _Trainer(self, frames, seed)
-        before = _mel_l1(self, mels)
-        initial = trainer.quantisation_error(mels)
+        trainer = _Trainer(self, frames, torch.cat(inputs), seed)
+        before = _mel_l1(self, inputs, mels)
+        initial = trainer.quantisation_error(inputs)
         optimizer = torch.optim.Adam(trainer.parameters(), lr=lr)
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(decoder_steps, 1))
         for step in range(1, decoder_steps + 1):
-            loss = trainer.loss(_crops(mels, generator))
+            loss = trainer.loss(*_crops(inputs, mels, generator))
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -153,7 +177,7 @@ class MelVQCodec(nn.Module):
                 )
         trainer.fold()
         return CodecFitReport(
-            len(mels), frames.shape[0], initial, trainer.quantisation_error(mels), before, _mel_l1(self, mels)
+            len(mels), frames.shape[0], initial, trainer.quantisation_error(inputs), before, _mel_l1(self, inputs, mels)
         )
 
     def fitted_state(self) -> dict[str, torch.Tensor]:
@@ -165,22 +189,30 @@ class MelVQCodec(nn.Module):
         return {"codes": self.codes, **{f"encoder.{k}": v for k, v in self.encoder.state_dict().items()}}
 
     def save(self, directory: str | Path) -> Path:
-        """Write ``codec.safetensors`` and ``codec.json`` (args and ``kind``); returns the directory."""
+        """Write ``codec.safetensors`` and ``codec.json`` (``kind``, args, and for ``encoder_vq`` the speech
+        encoder's config as ``content``); returns the directory."""
         root = Path(directory)
         root.mkdir(parents=True, exist_ok=True)
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.fitted_state().items()}
         safetensors.torch.save_file(tensors, str(root / WEIGHTS_FILE))
-        (root / ARGS_FILE).write_text(json.dumps({"kind": "mel_vq", **self.args}, indent=2) + "\n")
+        record = {"kind": self.kind, **self.args} | ({"content": self.content.identity} if self.content else {})
+        (root / ARGS_FILE).write_text(json.dumps(record, indent=2) + "\n")
         return root
 
     @classmethod
-    def load(cls, directory: str | Path) -> MelVQCodec:
-        """Restore a codec written by :meth:`save`; other kinds, unknown args or tensor mismatches raise."""
+    def load(cls, directory: str | Path, content: SpeechContent | None = None) -> MelVQCodec:
+        """Restore a codec written by :meth:`save`; ``content`` must be given for (and only for) an
+        ``encoder_vq`` codec, with the encoder it was fitted with. Other kinds, unknown args, another
+        encoder or tensor mismatches raise."""
         root = Path(directory)
         args: Any = json.loads((root / ARGS_FILE).read_text())
-        if not isinstance(args, dict) or args.pop("kind", None) != "mel_vq" or set(args) != set(CODEC_ARGS):
-            raise ValueError(f"{root / ARGS_FILE}: not a mel_vq codec (expected kind and {sorted(CODEC_ARGS)})")
-        codec = cls(**args)
+        kind = "mel_vq" if content is None else "encoder_vq"
+        record = args.pop("content", None) if isinstance(args, dict) else None
+        if not isinstance(args, dict) or args.pop("kind", None) != kind or set(args) != set(CODEC_ARGS):
+            raise ValueError(f"{root / ARGS_FILE}: not a {kind} codec (expected kind and {sorted(CODEC_ARGS)})")
+        if content is not None and record != content.identity:
+            raise ValueError(f"{root / ARGS_FILE}: fitted with speech encoder {record}, not {content.identity}")
+        codec = cls(content, **args)
         tensors = safetensors.torch.load_file(str(root / WEIGHTS_FILE))
         synth = {k: v for k, v in tensors.items() if k == "codebook" or k.startswith("decoder.")}
         codec.synthesizer.load_fitted_state(synth, str(root))
@@ -194,35 +226,35 @@ class _Trainer(nn.Module):
     Building it re-initialises the codec's encoder, codes and decoder (seeded) and zeroes the codebook.
     """
 
-    def __init__(self, codec: MelVQCodec, frames: torch.Tensor, seed: int) -> None:
+    def __init__(self, codec: MelVQCodec, frames: torch.Tensor, inputs: torch.Tensor, seed: int) -> None:
         super().__init__()
         self.codec, synth = codec, codec.synthesizer
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            codec.encoder = UnitEncoder(synth.n_mels)
+            codec.encoder = UnitEncoder(inputs.shape[1])
             synth.decoder = type(synth.decoder)(codec.n_units, synth.n_mels, synth.decoder_hidden)
             self.inp = nn.Linear(CODE_DIM, synth.decoder_hidden)  # folded into the unit embedding at the end
-        codec.encoder.mean.copy_(frames.mean(0))
-        codec.encoder.std.copy_(frames.std(0).clamp(min=1e-3))
-        self.mean, self.std = codec.encoder.mean, codec.encoder.std  # the decoder predicts standardised log-mel
+        codec.encoder.mean.copy_(inputs.mean(0))
+        codec.encoder.std.copy_(inputs.std(0).clamp(min=1e-3))
+        self.mean, self.std = frames.mean(0), frames.std(0).clamp(min=1e-3)  # the decoder predicts standardised log-mel
         synth.codebook.zero_()
         self.generator = torch.Generator().manual_seed(seed)
         with torch.no_grad():
-            sample = frames[torch.randperm(frames.shape[0], generator=self.generator)[: max(4096, codec.n_units)]]
+            sample = inputs[torch.randperm(inputs.shape[0], generator=self.generator)[: max(4096, codec.n_units)]]
             latents = codec.encoder(sample[None])[0]  # context-free seeds; training moves them
             codec.codes.copy_(latents[torch.randperm(latents.shape[0], generator=self.generator)[: codec.n_units]])
         self.sums, self.counts = codec.codes.clone(), torch.ones(codec.n_units)
 
-    def loss(self, crops: torch.Tensor) -> torch.Tensor:
-        """``crops (B, T, n_mels)`` → log-mel L1 + commitment."""
-        latents = self.codec.encoder(crops)  # (B, T, D)
+    def loss(self, inputs: torch.Tensor, mels: torch.Tensor) -> torch.Tensor:
+        """Crops of unit inputs ``(B, T, C)`` and their log-mel ``(B, T, n_mels)`` → log-mel L1 + commitment."""
+        latents = self.codec.encoder(inputs)  # (B, T, D)
         flat = latents.reshape(-1, CODE_DIM)
         index = nearest(flat.detach(), self.codec.codes, exact=False)[1]  # (B · T,)
         self._update_codes(flat.detach(), index)
         quantised = self.codec.codes[index].reshape(latents.shape)
         straight = latents + (quantised - latents).detach()  # (B, T, D)
         predicted = self.codec.synthesizer.decoder.from_embeddings(self.inp(straight))  # (B, T, n_mels), standardised
-        target = (crops - self.mean) / self.std
+        target = (mels - self.mean) / self.std
         return (predicted - target).abs().mean() + COMMITMENT * F.mse_loss(latents, quantised)
 
     @torch.no_grad()
@@ -248,32 +280,35 @@ class _Trainer(nn.Module):
         decoder.out.weight.mul_(self.std[:, None])
 
     @torch.no_grad()
-    def quantisation_error(self, mels: list[torch.Tensor]) -> float:
-        """Mean squared latent-to-nearest-code distance over ``mels``."""
+    def quantisation_error(self, inputs: list[torch.Tensor]) -> float:
+        """Mean squared latent-to-nearest-code distance over unit inputs ``(T_i, C)``."""
         return (
-            torch.cat([nearest(self.codec.encoder(m[None])[0], self.codec.codes, exact=False)[0] for m in mels])
+            torch.cat([nearest(self.codec.encoder(x[None])[0], self.codec.codes, exact=False)[0] for x in inputs])
             .mean()
             .item()
         )
 
 
-def _crops(mels: list[torch.Tensor], generator: torch.Generator) -> torch.Tensor:
-    """``BATCH`` random crops of ``CROP_FRAMES`` (shorter clips padded by edge repetition) → ``(B, T, n_mels)``."""
-    out = []
+def _crops(
+    inputs: list[torch.Tensor], mels: list[torch.Tensor], generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``BATCH`` random crops of ``CROP_FRAMES``, the same frames of unit inputs and log-mel (shorter clips
+    padded by edge repetition) → ``(B, T, C)`` and ``(B, T, n_mels)``."""
+    xs, ys = [], []
     for i in torch.randint(len(mels), (BATCH,), generator=generator).tolist():
-        mel = mels[i]
-        start = int(torch.randint(max(1, mel.shape[0] - CROP_FRAMES + 1), (1,), generator=generator))
-        crop = mel[start : start + CROP_FRAMES]
-        out.append(F.pad(crop.T, (0, CROP_FRAMES - crop.shape[0]), mode="replicate").T)
-    return torch.stack(out)
+        start = int(torch.randint(max(1, mels[i].shape[0] - CROP_FRAMES + 1), (1,), generator=generator))
+        for out, full in ((xs, inputs[i]), (ys, mels[i])):
+            crop = full[start : start + CROP_FRAMES]
+            out.append(F.pad(crop.T, (0, CROP_FRAMES - crop.shape[0]), mode="replicate").T)
+    return torch.stack(xs), torch.stack(ys)
 
 
 @torch.no_grad()
-def _mel_l1(codec: MelVQCodec, mels: list[torch.Tensor]) -> float:
+def _mel_l1(codec: MelVQCodec, inputs: list[torch.Tensor], mels: list[torch.Tensor]) -> float:
     """Mean log-mel L1 of encode → predicted log-mel over ``mels`` (the decoder's reconstruction)."""
     total, frames = 0.0, 0
-    for mel in mels:
-        units = nearest(codec.encoder(mel[None])[0], codec.codes, exact=False)[1]
+    for x, mel in zip(inputs, mels, strict=True):
+        units = nearest(codec.encoder(x[None])[0], codec.codes, exact=False)[1]
         total += (codec.synthesizer.predict_log_mel(units[None])[0] - mel).abs().mean(-1).sum().item()
         frames += mel.shape[0]
     return total / max(frames, 1)
