@@ -1,7 +1,8 @@
 """Codec job: fit the built-in speech codec (``model.codec.kind``) on shards, save it, report intelligibility.
 
-Fits the units (``mel_vq``: encoder + codebook, trained with the decoder; ``mel_kmeans``: k-means) and the
-units-to-mel decoder on a seeded sample of ``targets.codec_fit_clips`` clips
+Fits the units (``mel_vq``: encoder + codebook over log-mel, trained with the decoder; ``encoder_vq``: the
+same over the frozen speech encoder's states; ``mel_kmeans``: k-means) and the units-to-mel decoder on a
+seeded sample of ``targets.codec_fit_clips`` clips
 of the shards' ``--column``, saves it to ``--out`` (point ``model.codec.path`` there), then transcribes
 held-out speech with the demo preset's Whisper tiny.en before and after ``encode`` → ``decode``: RAVDESS
 test actors 21–24 (``data.ravdess_dir``, skipped when absent; ``targets.heldout_clips`` of them), the
@@ -9,7 +10,9 @@ bundled question and any ``--heldout`` shards. Prints the fit report and the WER
 written to ``--out/report.json``)::
 
     python -m jobs.fit_codec --in "outputs/shards/ravdess/train-*.parquet" --out outputs/codec/demo --config demo \\
-        targets.codec_fit_clips=0                                    # the README's figure
+        targets.codec_fit_clips=0                                    # the README's figures (mel_vq)
+    python -m jobs.fit_codec --in "outputs/shards/ravdess/train-*.parquet" --out outputs/codec/demo-enc \\
+        --config demo targets.codec_fit_clips=0 model.codec.kind=encoder_vq
     python -m jobs.fit_codec --in "outputs/shards/sample/train-*.parquet" \\
         --heldout "outputs/shards/sample/test-*.parquet" --out outputs/codec/demo-espeak --config demo
     python -m jobs.fit_codec --in "outputs/shards/ravdess/train-*" --out outputs/codec/tiny --config tiny --no-wer

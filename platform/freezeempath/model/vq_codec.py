@@ -157,6 +157,8 @@ class MelVQCodec(nn.Module):
         del kmeans_iters
         waves = [self.synthesizer.check_wave(w) for w in waves]
         mels, frames = self.synthesizer.fit_frames(waves)
+        if self.content is not None:
+            log.info("codec fit: speech encoder states of %d clips (the unit inputs)", len(waves))
         inputs = self.unit_inputs(waves, mels)  # (T_i, C): log-mel, or content states
         generator = torch.Generator().manual_seed(seed)
         trainer = _Trainer(self, frames, torch.cat(inputs), seed)
