@@ -10,6 +10,10 @@ log-mel to ``CODE_DIM`` latents, vector quantisation (EMA codebook, dead codes r
 and the encoder, codebook and decoder train together on log-mel L1 (straight-through gradients), so the
 units keep what the decoder needs to rebuild the spectrum. After ``fit`` the decoder's input layer is
 folded into its unit embedding, so decoding is exactly :class:`MelKMeansCodec` (``synthesizer``).
+
+``kind: encoder_vq`` feeds the conv encoder the frozen speech encoder's states
+(:class:`~freezeempath.model.content.SpeechContent`) instead of log-mel: content units that carry over to
+unseen speakers, but only to sounds the fitting speech contains (README).
 """
 
 from __future__ import annotations
