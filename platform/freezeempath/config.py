@@ -134,7 +134,7 @@ class CodecConfig:
     and Griffin-Lim: ``mel_kmeans`` takes units from k-means over log-mel frames; ``mel_vq`` from a
     conv encoder + vector quantisation trained with the decoder (a VQ-VAE; far more intelligible);
     ``encoder_vq`` the same over the frozen speech encoder's states (``model.encoder``; 50 Hz units):
-    content units that carry over to unseen speakers best.
+    content units that carry over to unseen speakers best, but only to sounds the fitting speech contains.
     ``path`` holds the fitted state; empty means untrained (random codebook).
     """
 
@@ -231,7 +231,7 @@ class TargetsConfig:
     codec_kmeans_iters: int = 20
     codec_decoder_steps: int = 0
     """Codec training steps; 0 = the kind's default (``mel_kmeans``: 300 full-batch steps of its decoder;
-    ``mel_vq``: 6000 mini-batch steps of encoder, codes and decoder)."""
+    ``mel_vq`` and ``encoder_vq``: 6000 mini-batch steps of encoder, codes and decoder)."""
     heldout_clips: int = 48
     """Held-out real clips (RAVDESS test actors, seeded sample) for the codec's WER check; 0 = all."""
 
