@@ -64,13 +64,23 @@ class SpeechUnderstanding:
         cfg, device = _setup(model)
         self.part = build_understander(cfg.model, model.weights, device)
         _configure(self.understand_batch, batching)
+        self.calls = {"batched": 0, "alone": 0}
 
-    async def understand(self, clip: torch.Tensor) -> ClipFeatures:
-        """Mono 16 kHz clip ``(N,)`` (checked by the gateway) → :class:`ClipFeatures`."""
-        result = await self.understand_batch(clip)
+    async def understand(self, clip: torch.Tensor, alone: bool = False) -> ClipFeatures:
+        """Mono 16 kHz clip ``(N,)`` (checked by the gateway) → :class:`ClipFeatures`.
+
+        ``alone``: the gateway has no other request in flight, so no batch-mate can come: the clip runs
+        at once instead of waiting ``batch_wait_timeout_s`` for company.
+        """
+        self.calls["alone" if alone else "batched"] += 1
+        result = (await asyncio.to_thread(self._each, [clip]))[0] if alone else await self.understand_batch(clip)
         if isinstance(result, Exception):
             raise result
         return result
+
+    async def stats(self) -> dict[str, int]:
+        """Clips understood through the dynamic batch and alone (no batch wait)."""
+        return dict(self.calls)
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005, max_concurrent_batches=CONCURRENT_BATCHES)
     async def understand_batch(self, clips: list[torch.Tensor]) -> list[ClipFeatures | Exception]:
@@ -128,14 +138,17 @@ class SpeechDecoder:
         self.sessions: set[asyncio.Task] = set()
         self.opening = False  # a session is gathering its batch
         self.stopped = 0  # sessions ended early: all their callers had gone
+        self.unwaited = 0  # sessions opened at once: their first stream came alone
 
-    async def stream(self, request: GenerationRequest) -> AsyncIterator[SpeechChunk]:
+    async def stream(self, request: GenerationRequest, alone: bool = False) -> AsyncIterator[SpeechChunk]:
         """One reply's chunks; the last one carries ``finish_reason`` (or ``error``).
 
+        ``alone``: the gateway has no other request in flight, so a session this stream opens starts at
+        once instead of waiting ``batch_wait_timeout_s`` for streams to share it.
         A caller that goes away (the gateway cancels when its client disconnects) leaves the queue, or
         marks its stream gone; a session whose streams are all gone stops, and so does its LLM stream.
         """
-        stream, ended = _Stream(request), False
+        stream, ended = _Stream(request, alone=alone), False
         self.waiting.append(stream)
         self._admit()
         try:
@@ -151,8 +164,10 @@ class SpeechDecoder:
                     self.waiting.remove(stream)
 
     async def stats(self) -> dict[str, int]:
-        """Sessions running, streams queued, and sessions stopped early because every caller had gone."""
-        return {"sessions": len(self.sessions), "waiting": len(self.waiting), "sessions_stopped": self.stopped}
+        """Sessions running, streams queued, sessions stopped early because every caller had gone, and
+        sessions opened without the batch wait."""
+        running, waiting = len(self.sessions), len(self.waiting)
+        return {"sessions": running, "waiting": waiting, "sessions_stopped": self.stopped, "unwaited": self.unwaited}
 
     def _admit(self) -> None:
         """Open a session if streams wait, a slot is free and no other session is gathering."""
@@ -170,7 +185,9 @@ class SpeechDecoder:
 
     async def _session(self) -> None:
         try:
-            if len(self.waiting) < self.batching.max_batch_size:
+            if len(self.waiting) == 1 and self.waiting[0].alone:
+                self.unwaited += 1
+            elif len(self.waiting) < self.batching.max_batch_size:
                 await asyncio.sleep(self.batching.batch_wait_timeout_s)
             size = min(self.batching.max_batch_size, len(self.waiting))
             batch = [self.waiting.popleft() for _ in range(size)]
@@ -263,6 +280,7 @@ class _Stream:
     request: GenerationRequest
     outbox: asyncio.Queue = dataclasses.field(default_factory=asyncio.Queue)
     gone: bool = False
+    alone: bool = False  # the gateway had no other request in flight when it sent this one
 
 
 class RoundVocoder:

@@ -193,7 +193,13 @@ class Gateway:
         self.understanding = understanding.options(_by_reference=not args.low_latency)
         self.decoder = decoder.options(stream=True, _by_reference=not args.low_latency)
         self.store, self.clips = AudioStore(args.limits.max_stored_audio), OrderedDict[str, ClipFeatures]()
-        self.active = 0
+        self.active = 0  # chat requests in flight (the concurrency limit)
+        self.emotions = 0  # emotion requests in flight
+
+    def _alone(self) -> bool:
+        """Whether the request asking is the only one in flight: then no batch-mate can come, and the
+        deployments skip their batch waits (``alone=True``)."""
+        return self.active + self.emotions <= 1
 
     @app.get("/healthz")
     async def healthz(self) -> dict[str, Any]:
@@ -213,7 +219,11 @@ class Gateway:
         check_api_key(request.headers.get("authorization"), self.keys)
         body = parse(EmotionRequest, await read_body(request, self.limits.max_body_bytes))
         clip, key = audio_input(body.input_audio, "input_audio", self.max_seconds)
-        features = await self._understand([torch.as_tensor(clip.samples)], [key])
+        self.emotions += 1
+        try:
+            features = await self._understand([torch.as_tensor(clip.samples)], [key])
+        finally:
+            self.emotions -= 1
         return {"object": "audio.emotion", **(_emotion(features[0].emotion_result) or {})}
 
     @app.post("/v1/chat/completions")
@@ -253,7 +263,7 @@ class Gateway:
             speech_output=plan.audio_out,
             system_prompt=plan.system_prompt,
         )
-        stream = self.decoder.stream.remote(request)
+        stream = self.decoder.stream.remote(request, alone=self._alone())
         first = await stream.__anext__()  # a ValueError here is answered 400 by the app's handler
         if first.error is not None:
             raise ApiError(400, first.error, param="messages")
@@ -264,7 +274,8 @@ class Gateway:
     async def _understand(self, clips: list[torch.Tensor], keys: list[str]) -> list[ClipFeatures]:
         """Clip features, from the content-hash cache or one understanding call per clip (batched there)."""
         todo = [i for i, k in enumerate(keys) if k not in self.clips]
-        found = await asyncio.gather(*(self.understanding.understand.remote(clips[i]) for i in todo))
+        alone = len(todo) == 1 and self._alone()  # several clips of one request batch together
+        found = await asyncio.gather(*(self.understanding.understand.remote(clips[i], alone=alone) for i in todo))
         fresh = dict(zip((keys[i] for i in todo), found, strict=True))
         result = [fresh[k] if k in fresh else self.clips[k] for k in keys]
         for key, features in zip(keys, result, strict=True):

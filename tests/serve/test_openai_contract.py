@@ -129,6 +129,12 @@ def _decoder():
     return serve.get_deployment_handle("SpeechDecoder", app_name="freezeempath")
 
 
+def _understanding():
+    from ray import serve
+
+    return serve.get_deployment_handle("SpeechUnderstanding", app_name="freezeempath")
+
+
 def _wait_until_idle(server, timeout_s: float = 30) -> tuple[dict, dict]:
     """Poll until no decoder session runs or waits and no request is active; the last decoder stats and /healthz."""
     deadline = time.monotonic() + timeout_s
@@ -161,9 +167,28 @@ def test_client_leaving_mid_stream_stops_its_decoder_session(server, client):
     before = _decoder().stats.remote().result()["sessions_stopped"]
     _hang_up_after_first_audio(client)
     stats, health = _wait_until_idle(server)
-    assert stats == {"sessions": 0, "waiting": 0, "sessions_stopped": before + 1}
+    assert (stats["sessions"], stats["waiting"], stats["sessions_stopped"]) == (0, 0, before + 1)
     assert health == {"status": "ok", "active_requests": 0}
     assert client.chat.completions.create(model="freezeempath", messages=[spoken()], **AUDIO).choices
+
+
+def test_only_a_lone_request_skips_the_batch_waits(server, client):
+    def chat(seed: int) -> None:  # a clip never sent before: the gateway's clip cache cannot answer it
+        client.chat.completions.create(model="freezeempath", messages=[spoken(wav_b64(seed=seed))], **AUDIO)
+
+    def counts() -> tuple[int, int, int]:
+        understood, decoder = _understanding().stats.remote().result(), _decoder().stats.remote().result()
+        return understood["alone"], understood["batched"], decoder["unwaited"]
+
+    _wait_until_idle(server)
+    first = counts()
+    chat(seed=101)
+    alone = counts()
+    assert [b - a for a, b in zip(first, alone, strict=True)] == [1, 0, 1]
+    with ThreadPoolExecutor(2) as pool:  # sent together: the later one finds the other in flight and waits
+        list(pool.map(chat, (102, 103)))
+    together = [b - a for a, b in zip(alone, counts(), strict=True)]
+    assert together[0] + together[1] == 2 and together[1] >= 1 and together[2] <= 1
 
 
 def test_client_timing_out_on_a_whole_reply_leaves_nothing_running(server, client):
