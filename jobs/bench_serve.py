@@ -21,9 +21,11 @@ call per round (one per audio chunk at concurrency 1). Overhead per hop = median
 (Serve − in-process latency of the same request, run back to back) / hops, with batching on and off, and
 with batching on under Serve's defaults (``low_latency: false``: Ray actor calls between deployments,
 user code in its own thread); it includes HTTP, JSON, base64, 24 kHz resampling, pcm16 encoding and (on)
-the batch waits. For scale, ``healthz_round_trip_ms`` is a bare HTTP → proxy → gateway round trip and
-``noop_handle_call_ms`` (gRPC) / ``noop_handle_call_ms_actor`` a handle call that does no work (driver →
-vocoder replica), all measured alongside.
+the batch waits, which a request alone in the gateway skips (``c1_understood_alone`` and
+``c1_sessions_unwaited``: the share of concurrency-1 requests through ``/on`` that did). For scale,
+``healthz_round_trip_ms`` is a bare HTTP → proxy → gateway round trip and ``noop_handle_call_ms`` (gRPC) /
+``noop_handle_call_ms_actor`` a handle call that does no work (driver → vocoder replica), all measured
+alongside.
 """
 
 from __future__ import annotations
@@ -213,10 +215,20 @@ def noop_call_ms(app: str, grpc: bool, n: int = 50) -> float:
     return float(np.median(asyncio.run(timed())) * 1000)
 
 
+def lone_requests(app: str) -> tuple[int, int]:
+    """Clips understood alone and decoder sessions opened without the batch wait, so far, in ``app``."""
+    from ray import serve
+
+    understood = serve.get_deployment_handle("SpeechUnderstanding", app_name=app).stats.remote().result()
+    decoder = serve.get_deployment_handle("SpeechDecoder", app_name=app).stats.remote().result()
+    return understood["alone"], decoder["unwaited"]
+
+
 def paired_c1(responder: Any, data: list, bodies: list, url: str, max_tokens: int) -> tuple[list, dict]:
     """Each request in-process, then through ``/on`` and ``/off``, back to back (concurrency 1)."""
     runs: dict[str, list[dict[str, float]]] = {"in-process": [], **{mode: [] for mode in APPS}}
     bare_hop = healthz_ms(url)
+    lone_before = lone_requests("bench-on")
     for (x, rate), body in zip(data, bodies, strict=True):
         dialogue = [Message("user", audio=AudioInput(x, rate))]
         runs["in-process"].append(timed_events(responder.stream([dialogue], max_new_tokens=max_tokens)))
@@ -226,8 +238,10 @@ def paired_c1(responder: Any, data: list, bodies: list, url: str, max_tokens: in
         summarize(name if name == "in-process" else f"serve {ROW_NAMES[name]}", 1, r, sum(x["total"] for x in r))
         for name, r in runs.items()
     ]
+    lone = [b - a for a, b in zip(lone_before, lone_requests("bench-on"), strict=True)]
     hops = 4 + np.array([r["chunks"] for r in runs["on"]])
     summary: dict[str, float] = {"hops_per_request": float(hops.mean())}
+    summary["c1_understood_alone"], summary["c1_sessions_unwaited"] = lone[0] / len(data), lone[1] / len(data)
     keys = {"on": "overhead_per_hop_ms", "off": "overhead_per_hop_ms_batching_off"}
     for mode, key in {**keys, "defaults": "overhead_per_hop_ms_serve_defaults"}.items():
         extra = np.array([s["total"] - p["total"] for s, p in zip(runs[mode], runs["in-process"], strict=True)])
