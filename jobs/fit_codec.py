@@ -92,6 +92,8 @@ def fitted_codec(directory: Path, cfg: Config) -> Any:
     """The codec saved in ``directory`` by this job, built from its ``codec_config.yaml``."""
     from freezeempath.model.codec import build_codec
 
+    if not (directory / "codec_config.yaml").is_file():
+        raise FileNotFoundError(f"{directory} has no codec_config.yaml: not a codec folder written by jobs.fit_codec")
     saved = yaml.safe_load((directory / "codec_config.yaml").read_text())
     return build_codec(from_dict(CodecConfig, {**saved, "path": str(directory)}), cfg.model.encoder)
 

@@ -198,7 +198,8 @@ class Gateway:
 
     def _alone(self) -> bool:
         """Whether the request asking is the only one in flight: then no batch-mate can come, and the
-        deployments skip their batch waits (``alone=True``)."""
+        deployments skip their batch waits (``alone=True``). Counted per gateway replica (the configs run
+        one); with more, a lone request in one replica only forgoes batching with another's."""
         return self.active + self.emotions <= 1
 
     @app.get("/healthz")

@@ -51,6 +51,11 @@ def test_evaluate_reports_a_saved_codec_on_held_out_shards_and_writes_nothing(sh
     assert {p.name: p.stat().st_mtime_ns for p in codec.iterdir()} == before
 
 
+def test_evaluate_names_a_folder_that_holds_no_fitted_codec(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no codec_config.yaml"):
+        fit_codec.main(["--evaluate", str(tmp_path), "--config", "tiny"])
+
+
 @pytest.mark.parametrize(
     "argv",
     [["--in", "x"], ["--out", "y"], ["--evaluate", "c", "--out", "y"], ["--evaluate", "c", "--no-wer"]],
