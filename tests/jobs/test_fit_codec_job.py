@@ -6,24 +6,16 @@ import importlib.util
 import json
 
 import pytest
-from freezeempath.data.shards import encode_flac, write_shard
-from helpers import speech_like
+from helpers import write_tiny_shards
 
 from jobs import fit_codec
 
 TINY = ["targets.codec_decoder_steps=5", "targets.heldout_clips=3", "data.ravdess_dir=/nonexistent"]
-TEXTS = ("How do I boil an egg?", "Why is the sky blue?", "What is a healthy breakfast?")
 
 
 @pytest.fixture(scope="module")
 def shard(tmp_path_factory):
-    rows = []
-    for i, text in enumerate(TEXTS):
-        wave = speech_like(0.8, seed=i).numpy()
-        rows.append({"id": f"u{i}", "audio": encode_flac(wave, 16_000), "sample_rate": 16_000, "duration": 0.8})
-        rows[-1] |= {"transcript": text, "emotion": None, "emotion_original": None, "speaker": "s", "language": "en"}
-        rows[-1] |= {"corpus": "test", "split": "train"}
-    return str(write_shard(rows, tmp_path_factory.mktemp("shards") / "train-00000.parquet"))
+    return write_tiny_shards(tmp_path_factory.mktemp("shards"), n_rows=3, n_shards=1, bad_rows=False)[0]
 
 
 def test_fits_saves_and_reports_without_the_wer_check(shard, tmp_path):
