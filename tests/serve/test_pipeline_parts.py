@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -91,8 +92,8 @@ def test_round_vocoder_chains_states_across_overlapping_rounds():
     assert all(r[1] is None or r[1].audio is None for r in done) and done[1][1] is None
 
 
-@pytest.mark.parametrize("temperature", [0.0, 1.0])
-def test_batched_unit_streams_match_separate_unit_streams(temperature):
+def _unit_streams_and_refs(temperature: float) -> tuple[Any, list, list, list[list[int]]]:
+    """A tiny decoder, three streams' text (8 states each) and each stream's units decoded alone."""
     torch.manual_seed(0)
     decoder = build_speech_decoder(SpeechDecoderConfig(), d_llm=24, text_vocab=50, n_units=16).eval()
     g = torch.Generator().manual_seed(1)
@@ -109,6 +110,12 @@ def test_batched_unit_streams_match_separate_unit_streams(temperature):
         while not (result := stream.write(4)).finished and result.units:
             out += result.units
         refs.append(out + result.units)
+    return decoder, hidden, tokens, refs
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_batched_unit_streams_match_separate_unit_streams(temperature):
+    decoder, hidden, tokens, refs = _unit_streams_and_refs(temperature)
     batched, got = BatchedUnitStreams(decoder, 3, 30, temperature, [0, 1, 2]), [[] for _ in range(3)]
     for round_ in range(20):  # row b starts b rounds late: masked padding before its first input
         rows = {b: round_ - b for b in range(3) if 0 <= round_ - b < 3}
@@ -134,6 +141,33 @@ def test_parts_built_alone_equal_the_full_model(tiny_parts):
     assert alone.keys() == full.keys() and all(torch.equal(alone[k], full[k]) for k in alone)
     understander = build_understander(cfg)
     assert torch.equal(understander.emotion.query, model.emotion.query)
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_unit_streams_join_and_leave_between_rounds(temperature):
+    decoder, hidden, tokens, refs = _unit_streams_and_refs(temperature)
+    batched, got = BatchedUnitStreams(decoder, 1, 30, temperature, [0]), [[] for _ in range(3)]
+    owners, started = [0], {0: 0}  # row → stream; stream → its first round
+    for round_ in range(20):
+        if round_ in (2, 5):  # streams 1 and 2 join running batches, stream 2 after stream 0 has left
+            owners.append(len(started))
+            started[owners[-1]] = round_
+            batched.add([owners[-1]])
+        k = {row: round_ - started[b] for row, b in enumerate(owners)}
+        reads = {
+            row: (hidden[owners[row]][3 * n : 3 * n + 3], tokens[owners[row]][3 * n : 3 * n + 3])
+            for row, n in k.items()
+            if n < 3
+        }
+        batched.read(reads, {row for row, n in k.items() if n == 2})
+        for row, units in batched.write(set(k), 4).items():
+            got[owners[row]] += units
+        live = [row for row, state in enumerate(batched.state) if state is not StreamState.FINISHED]
+        batched.keep(live)
+        owners = [owners[row] for row in live]
+        if not owners and len(started) == 3:
+            break
+    assert got == refs and batched.mask.shape == (0, 0)
 
 
 def _request(text: str, tokens: int, seed: int = 0) -> GenerationRequest:
@@ -192,3 +226,29 @@ def test_understanding_is_safe_across_threads(tiny_parts):
     with ThreadPoolExecutor(4) as pool:
         results = list(pool.map(lambda clips: understand_clips(part, clips), batches))
     assert [len(r) for r in results] == [len(b) for b in batches]
+
+
+def test_llm_session_streams_join_and_leave_between_steps(tiny_parts):
+    _, model = tiny_parts
+    llm, stop = model.llm, model.stop_ids
+    requests = [_request("another one", 4, seed=1), _request("hello there, how are you", 9, seed=2), _request("hi", 6)]
+    alone = [_run(LLMSession(llm, stop, [r], read=3))[0] for r in requests]
+    session, out = LLMSession(llm, stop, requests[:1], read=3), [[], [], []]
+    owners = [0]  # session stream → request
+    for step in range(40):
+        if step in (1, 3):  # the second request joins a running session, the third one after a compact
+            owners.append(1 if step == 1 else 2)
+            session.add([requests[owners[-1]]])
+        groups = session.step()
+        if groups is None:
+            break
+        for b, group in enumerate(groups):
+            if group is not None:
+                out[owners[b]] += group.token_ids
+        owners = [owners[b] for b in session.compact()]
+    assert out == alone and owners == [] and session.cache is None
+    dropped = LLMSession(llm, stop, requests[1:], read=3)
+    first = dropped.step()
+    assert first is not None and first[1] is not None
+    assert dropped.compact(drop={0}) == [1] and dropped.mask.shape[0] == 1
+    assert [*first[1].token_ids, *_run(dropped)[0]] == alone[2]

@@ -4,20 +4,24 @@ In: :class:`GenerationRequest` per reply — template turns, per clip its S rows
 ``(1, D)`` in slot order, sampling settings. Out: :meth:`LLMSession.step` returns, per stream, a
 :class:`TextGroup` (up to R tokens, their text pieces and the last-layer hidden state that predicted
 each, ``(k, D)``) or None, until every stream has finished. One left-padded prefill, then one cached
-step per token for the whole batch. Each stream samples with its own seeded generator, so a reply does
-not depend on what it was batched with (greedy decoding is batch invariant up to float error). A request
-that cannot run (prompt + budget beyond the LLM's positions) fails alone: its only group carries
-``error`` and the others go on.
+step per token for the whole batch. Streams may join between steps (:meth:`LLMSession.add`: their
+own prefill, their cache rows left-padded beside the running ones) and finished ones leave
+(:meth:`LLMSession.compact`), so a serving loop batches continuously. Each stream samples with its own
+seeded generator, so a reply does not depend on what it was batched with (greedy decoding is batch
+invariant up to float error). A request that cannot run (prompt + budget beyond the LLM's positions)
+fails alone: its only group carries ``error`` and the others go on.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
 from freezeempath.data.template import Turn, render
 from freezeempath.inference.dialogue import FinishReason
+from freezeempath.inference.kv_rows import join_rows, keep_rows
 from freezeempath.model.fusion import merge_placeholders
 from freezeempath.model.llm import FrozenLLM
 
@@ -94,13 +98,56 @@ class LLMSession:
         self.llm, self.stop_ids, self.read, self.top_p = llm, set(stop_ids), read, top_p
         self.device = llm.model.get_input_embeddings().weight.device
         self.output_device = output_device or self.device
-        ids = [torch.tensor(render(llm.tokenizer, list(r.turns)).input_ids, device=self.device) for r in requests]
-        self.streams = [self._stream(r, x) for r, x in zip(requests, ids, strict=True)]
-        self.rows = [b for b, s in enumerate(self.streams) if s.error is None]  # batch row → stream
-        self._errors = [b for b, s in enumerate(self.streams) if s.error is not None]
+        self.streams: list[_Stream] = []
+        self.rows: list[int] = []  # batch row → stream
+        self._errors: list[int] = []  # streams whose error group is still to be returned
         self._stale = False  # True once the current logits have been sampled
+        self.add(requests)
+
+    @torch.no_grad()
+    def add(self, requests: list[GenerationRequest]) -> None:
+        """Streams join as the last ones; their first groups come from the next :meth:`step`.
+
+        Running rows first catch up to fresh logits, so every row samples at the next step.
+        """
+        ids = [torch.tensor(render(self.llm.tokenizer, list(r.turns)).input_ids, device=self.device) for r in requests]
+        first, new = len(self.streams), [self._stream(r, x) for r, x in zip(requests, ids, strict=True)]
+        self.streams += new
+        self._errors += [first + i for i, s in enumerate(new) if s.error is not None]
+        valid = [i for i, s in enumerate(new) if s.error is None]
+        if not valid:
+            return
+        if self._stale and self.rows:
+            self._forward()
+        mask, cache, logits, hidden = self._prefill([requests[i] for i in valid], [ids[i] for i in valid])
         if self.rows:
-            self._prefill([requests[b] for b in self.rows], [ids[b] for b in self.rows])
+            cache, mask = join_rows(self.cache, self.mask, cache, mask)
+            logits, hidden = torch.cat([self.logits, logits]), torch.cat([self.hidden, hidden])
+        self.mask, self.cache, self.logits, self.hidden = mask, cache, logits, hidden
+        self.rows += [first + i for i in valid]
+        self._stale = False
+
+    def compact(self, drop: set[int] | frozenset[int] = frozenset()) -> list[int]:
+        """Remove finished streams (their last group returned) and ``drop``; returns the kept ones' old indices.
+
+        Stream indices shift down past removed ones, as in the returned list.
+        """
+        pending = set(self._errors) - set(drop)
+        keep = [b for b, s in enumerate(self.streams) if b not in drop and (not s.done or b in pending)]
+        if len(keep) == len(self.streams):
+            return keep
+        index = {b: i for i, b in enumerate(keep)}
+        live = [r for r, b in enumerate(self.rows) if b in index]
+        if len(live) < len(self.rows):
+            if live:
+                self.mask = keep_rows(self.cache, self.mask, live)
+                self.logits, self.hidden = self.logits[live], self.hidden[live]
+            else:
+                self.cache, self._stale = None, False
+        self.rows = [index[self.rows[r]] for r in live]
+        self._errors = [index[b] for b in self._errors if b in index]
+        self.streams = [self.streams[b] for b in keep]
+        return keep
 
     def _stream(self, request: GenerationRequest, ids: torch.Tensor) -> _Stream:
         n = ids.numel() + sum(s.shape[0] - 1 for s in request.speech)  # each <speech> id becomes L_S rows
@@ -112,11 +159,13 @@ class LLMSession:
             stream.done = True
         return stream
 
-    def _prefill(self, requests: list[GenerationRequest], ids: list[torch.Tensor]) -> None:
+    def _prefill(
+        self, requests: list[GenerationRequest], ids: list[torch.Tensor]
+    ) -> tuple[torch.Tensor, Any, torch.Tensor, torch.Tensor]:
+        """Left-padded prefill → mask ``(B, T)``, cache, next logits ``(B, V)``, hidden ``(B, D)``."""
         fused = merge_placeholders(ids, self.llm.embed, *self._features(requests), padding_side="left")
         out = self.llm(fused.embeds, fused.attention_mask, use_cache=True, last_logits_only=True)
-        self.mask, self.cache = fused.attention_mask, out.cache
-        self.logits, self.hidden = out.logits[:, -1], out.hidden[:, -1]  # (rows, V), (rows, D)
+        return fused.attention_mask, out.cache, out.logits[:, -1], out.hidden[:, -1]
 
     def _features(self, requests: list[GenerationRequest]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Clip features of all requests in slot order: S ``(N, T, D)`` padded, lengths ``(N,)``, E ``(N, 1, D)``."""

@@ -6,6 +6,8 @@ Out: per round and stream a :class:`SpeechChunk` — the group's text and up to 
 stream's positions (a row that feeds fewer tokens than the block is padded and masked), per-row
 position ids, per-row seeded samplers. Each row follows :class:`~freezeempath.model.speech_decoder.UnitStream`
 exactly: read R states, write W units, ``<sep>`` after the last text, then write until EOS or budget.
+Streams may join between rounds (:meth:`SpeechSession.add`: rows that attend nothing yet) and finished
+ones leave (:meth:`SpeechSession.compact`), so a serving loop batches continuously.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from freezeempath.inference.dialogue import FinishReason
+from freezeempath.inference.kv_rows import add_empty_rows, keep_rows
 from freezeempath.inference.llm_session import TextGroup
 from freezeempath.model.speech_decoder import SpeechDecoder, StreamState
 
@@ -57,6 +60,21 @@ class BatchedUnitStreams:
         self.written = [0] * n
         self.next_logits: list[torch.Tensor | None] = [None] * n
         self.generators = [torch.Generator(device=self.device).manual_seed(s) for s in seeds]
+
+    def add(self, seeds: list[int]) -> None:
+        """Rows join at the end, one per seed, attending nothing yet."""
+        n = len(seeds)
+        self.mask = add_empty_rows(self.cache, self.mask, n)
+        self.state += [StreamState.OPEN] * n
+        self.written += [0] * n
+        self.next_logits += [None] * n
+        self.generators += [torch.Generator(device=self.device).manual_seed(s) for s in seeds]
+
+    def keep(self, rows: list[int]) -> None:
+        """Keep only ``rows``, in that order (their caches, samplers and states)."""
+        self.mask = keep_rows(self.cache, self.mask, rows)
+        for name in ("state", "written", "next_logits", "generators"):
+            setattr(self, name, [getattr(self, name)[b] for b in rows])
 
     @torch.no_grad()
     def feed(self, blocks: dict[int, torch.Tensor]) -> None:
@@ -161,7 +179,7 @@ class SpeechSession:
         temperature: float,
         seeds: list[int],
     ) -> None:
-        self.speech, self.read, self.write = speech, read, write
+        self.speech, self.read, self.write = list(speech), read, write
         self.units = BatchedUnitStreams(decoder, len(speech), max_units, temperature, seeds)
         self.phase = [_Phase.TEXT] * len(speech)
         self.finish: list[FinishReason | None] = [None] * len(speech)
@@ -171,6 +189,27 @@ class SpeechSession:
     def done(self) -> bool:
         """Every stream has sent its last chunk."""
         return all(p is _Phase.DONE for p in self.phase)
+
+    def add(self, speech: list[bool], seeds: list[int]) -> None:
+        """Streams join as the last ones; their first round is the next :meth:`round`."""
+        self.units.add(seeds)
+        self.speech = [*self.speech, *speech]
+        self.phase += [_Phase.TEXT] * len(speech)
+        self.finish += [None] * len(speech)
+        self.prompt_tokens += [0] * len(speech)
+
+    def compact(self, drop: set[int] | frozenset[int] = frozenset()) -> list[int]:
+        """Remove streams that sent their last chunk, and ``drop``; returns the kept ones' old indices."""
+        keep = [b for b, p in enumerate(self.phase) if p is not _Phase.DONE and b not in drop]
+        if len(keep) < len(self.phase):
+            self.units.keep(keep)
+            for name in ("speech", "phase", "finish", "prompt_tokens"):
+                setattr(self, name, [getattr(self, name)[b] for b in keep])
+        return keep
+
+    def wants_text(self, b: int) -> bool:
+        """Whether stream ``b`` can do nothing until its next text group (it is still in the LLM's text)."""
+        return self.phase[b] is _Phase.TEXT
 
     def round(self, groups: list[TextGroup | None] | None) -> list[SpeechChunk | None]:
         """Read this round's groups (None: the LLM has finished), write W units; one entry per stream."""
