@@ -3,19 +3,20 @@
 What crosses each hop (all CPU tensors, pickled by Ray)::
 
     Gateway ──clip (N,) 16 kHz──▶ SpeechUnderstanding ──ClipFeatures: S (L_S, D), E (1, D), emotion──▶ Gateway
-    Gateway ──GenerationRequest──▶ SpeechDecoder.stream ──[requests of one batch]──▶ LLM.generate
+    Gateway ──GenerationRequest──▶ SpeechDecoder.stream ──[requests joining one batch], its key──▶ LLM.generate
     LLM.generate ──per round: TextGroup | None per stream (≤ R tokens, pieces, hidden (k, D))──▶ SpeechDecoder
     SpeechDecoder ──per round: [VocodeRequest (state, units)] of its streams──▶ Vocoder.vocode_round
     Vocoder.vocode_round ──[VocodeResult (audio at 24 kHz, state)]──▶ SpeechDecoder
     SpeechDecoder.stream ──SpeechChunk (text, ≤ W units, audio, finish)──▶ Gateway
 
-``SpeechUnderstanding`` and ``Vocoder`` batch with ``@serve.batch``; ``SpeechDecoder`` groups queued
-streams into sessions, each driving one LLM stream for all its replies in lockstep (so the LLM batches
-too). Each stream's decoder KV cache is a row of its session's cache and is freed when the session
-ends. A session vocodes each round of all its streams in one vocoder call, while it decodes the next
-round, and keeps the streams' vocoder states. A session belongs to no single request: one caller
-leaving (client disconnect) never cancels the others' replies, and when every caller has left the
-session stops, LLM stream included. Run with::
+``SpeechUnderstanding`` and ``Vocoder`` batch with ``@serve.batch``. ``SpeechDecoder`` batches
+continuously: a batch takes queued streams at every round boundary, each as a row of its decoder KV
+cache, and opens one LLM call per group of streams it takes, keyed by the batch, so the LLM replica joins
+them into one session between its steps (each reply a row of the LLM's KV cache). Finished streams leave
+both caches. A batch vocodes each round of all its streams in one vocoder call, while it decodes the
+next round, and keeps the streams' vocoder states. A batch belongs to no single request: a caller
+leaving (client disconnect) drops only its own stream, and an LLM call stops once none of its streams
+is left. Run with::
 
     serve run serve/configs/local.yaml
 """
@@ -27,6 +28,7 @@ import contextlib
 import contextvars
 import dataclasses
 import logging
+import uuid
 from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any
@@ -96,31 +98,138 @@ class SpeechUnderstanding:
             return [self._each([clip])[0] for clip in clips]
 
 
+@dataclasses.dataclass(eq=False)
+class _Call:
+    """One ``LLM.generate`` call: its requests, where their groups go, and whether its caller has gone."""
+
+    requests: list[GenerationRequest]
+    outbox: asyncio.Queue = dataclasses.field(default_factory=asyncio.Queue)
+    gone: bool = False
+
+
+class _LLMBatch:
+    """One LLM session that the calls with one key join between steps (continuous batching).
+
+    ``make(requests)`` opens the session in a worker thread. The loop runs while streams are live or
+    calls wait to join; each step's groups go to their calls, and a call ends once its streams have.
+    """
+
+    def __init__(self, make: Any, on_end: Any) -> None:
+        self.make, self.on_end = make, on_end
+        self.session: LLMSession | None = None
+        self.owners: list[tuple[_Call, int]] = []  # session stream → (call, its index in the call)
+        self.joining: list[_Call] = []
+        self.task: asyncio.Task | None = None
+
+    def join(self, call: _Call) -> None:
+        self.joining.append(call)
+        if self.task is None:
+            self.task = asyncio.get_running_loop().create_task(self._loop(), context=contextvars.Context())
+
+    async def _loop(self) -> None:
+        try:
+            while self.joining or (self.session is not None and not self.session.done):
+                await self._admit()
+                if self.session is not None and (groups := await asyncio.to_thread(self.session.step)) is not None:
+                    self._deliver(groups)
+        except Exception as err:  # a failed batch fails its calls, never the replica
+            for call in {c for c, _ in self.owners} | set(self.joining):
+                call.outbox.put_nowait(err)
+        finally:
+            self.on_end(self)
+
+    async def _admit(self) -> None:
+        calls, self.joining = [c for c in self.joining if not c.gone], []
+        if not calls:
+            return
+        requests = [r for c in calls for r in c.requests]
+        if self.session is None:
+            self.session = await asyncio.to_thread(self.make, requests)
+        else:
+            await asyncio.to_thread(self.session.add, requests)
+        self.owners += [(c, j) for c in calls for j in range(len(c.requests))]
+
+    def _deliver(self, groups: list[TextGroup | None]) -> None:
+        """Send each call its streams' groups; end the calls whose streams have all finished or gone."""
+        assert self.session is not None
+        out: dict[_Call, list[TextGroup | None]] = {}
+        for (call, j), group in zip(self.owners, groups, strict=True):
+            if group is not None and not call.gone:
+                out.setdefault(call, [None] * len(call.requests))[j] = group
+        for call, call_groups in out.items():
+            call.outbox.put_nowait(call_groups)
+        before = {c for c, _ in self.owners}
+        keep = self.session.compact({b for b, (c, _) in enumerate(self.owners) if c.gone})
+        self.owners = [self.owners[b] for b in keep]
+        for call in before - {c for c, _ in self.owners}:
+            call.outbox.put_nowait(_END)
+
+
 @serve.deployment
 class LLM:
-    """The frozen LLM: a batch of requests in, rounds of per-stream token groups out (streaming)."""
+    """The frozen LLM: requests in, rounds of per-stream token groups out (streaming), batched continuously."""
 
     def __init__(self, model: ModelArgs) -> None:
         cfg, device = _setup(model)
         self.llm, self.stop_ids = build_llm_part(cfg.model, device)
         self.read, self.top_p = cfg.model.speech_decoder.read, cfg.model.generation.top_p
+        self.batches: dict[Any, _LLMBatch] = {}
 
-    async def generate(self, requests: list[GenerationRequest]) -> AsyncIterator[list[TextGroup | None]]:
-        """Yield each round's groups (one entry per request) until every reply has ended."""
-        session = await asyncio.to_thread(LLMSession, self.llm, self.stop_ids, requests, self.read, self.top_p, "cpu")
-        while (groups := await asyncio.to_thread(session.step)) is not None:
-            yield groups
+    async def generate(
+        self, requests: list[GenerationRequest], batch: str = ""
+    ) -> AsyncIterator[list[TextGroup | None]]:
+        """Yield each step's groups of ``requests`` (None where a stream has none) until all have ended.
+
+        Calls with the same ``batch`` key share one session: a later call's requests join it at the next
+        step (the decoder keys its LLM calls by its own batch). Without a key a call runs on its own.
+        """
+        key = batch or object()
+        if key not in self.batches:
+            self.batches[key] = _LLMBatch(self._session, lambda _: self.batches.pop(key, None))
+        call, ended = _Call(list(requests)), False
+        self.batches[key].join(call)
+        try:
+            async for groups in _drain(call.outbox):
+                yield groups
+            ended = True
+        finally:
+            call.gone = not ended
+
+    def _session(self, requests: list[GenerationRequest]) -> LLMSession:
+        return LLMSession(self.llm, self.stop_ids, requests, self.read, self.top_p, "cpu")
+
+
+@dataclasses.dataclass(eq=False)
+class _Stream:
+    """One reply in the decoder: its request, where its chunks go, and whether its caller has gone."""
+
+    request: GenerationRequest
+    outbox: asyncio.Queue = dataclasses.field(default_factory=asyncio.Queue)
+    gone: bool = False
+    alone: bool = False  # the gateway had no other request in flight when it sent this one
+
+
+@dataclasses.dataclass(eq=False)
+class _Feed:
+    """One LLM call of a decoder batch: the streams it generates for and the step groups not yet read."""
+
+    streams: list[_Stream]
+    groups: deque = dataclasses.field(default_factory=deque)
+    ended: bool = False
+    error: BaseException | None = None
+    task: asyncio.Task | None = None
 
 
 @serve.deployment
 class SpeechDecoder:
     """Streaming speech decoder: consumes the LLM's rounds, yields (text, ≤ W units, audio) chunks per stream.
 
-    Streams wait in a queue; a session (one LLM stream + one batched decoder, each reply a cache row)
-    starts when one of ``max_concurrent_batches`` slots is free and takes up to ``max_batch_size`` queued
-    streams after ``batch_wait_timeout_s``. Forming the batch only when a slot frees (``@serve.batch``
-    forms it as soon as its wait ends) lets the streams that queued behind a running session share the
-    next one. Batching off: every reply is a session of its own, up to ``DECODER_SESSIONS`` side by side.
+    Streams wait in a queue. A batch (one batched decoder, each reply a cache row, fed by LLM calls
+    that share one LLM session) opens when fewer than ``max_concurrent_batches`` run, after
+    ``batch_wait_timeout_s`` for company, and takes queued streams at every round boundary while it has
+    fewer than ``max_batch_size`` rows (continuous batching): a stream that arrives while a batch runs
+    joins it within a round instead of waiting for it to end. Finished streams leave their rows.
+    Batching off: every batch holds one reply, up to ``DECODER_SESSIONS`` side by side.
     """
 
     def __init__(
@@ -135,27 +244,27 @@ class SpeechDecoder:
         self.unit_temperature = cfg.model.generation.unit_temperature
         self.batching = batching
         self.waiting: deque[_Stream] = deque()
-        self.sessions: set[asyncio.Task] = set()
-        self.opening = False  # a session is gathering its batch
-        self.stopped = 0  # sessions ended early: all their callers had gone
-        self.unwaited = 0  # sessions opened at once: their first stream came alone
+        self.batches: set[asyncio.Task] = set()
+        self.running: list[_DecoderBatch] = []  # the batches' rounds, to see which can take streams
+        self.opening = False  # a batch is gathering its first streams
+        self.dropped = 0  # streams left mid-reply because their callers had gone
+        self.unwaited = 0  # batches opened at once: their first stream came alone
+        self.joined = 0  # streams that joined a running batch
 
     async def stream(self, request: GenerationRequest, alone: bool = False) -> AsyncIterator[SpeechChunk]:
         """One reply's chunks; the last one carries ``finish_reason`` (or ``error``).
 
-        ``alone``: the gateway has no other request in flight, so a session this stream opens starts at
+        ``alone``: the gateway has no other request in flight, so a batch this stream opens starts at
         once instead of waiting ``batch_wait_timeout_s`` for streams to share it.
         A caller that goes away (the gateway cancels when its client disconnects) leaves the queue, or
-        marks its stream gone; a session whose streams are all gone stops, and so does its LLM stream.
+        marks its stream gone: its batch drops its row, and stops its LLM call once no stream needs it.
         """
         stream, ended = _Stream(request, alone=alone), False
         self.waiting.append(stream)
         self._admit()
         try:
-            while (item := await stream.outbox.get()) is not _END:
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
+            async for chunk in _drain(stream.outbox):
+                yield chunk
             ended = True
         finally:
             if not ended:
@@ -164,155 +273,233 @@ class SpeechDecoder:
                     self.waiting.remove(stream)
 
     async def stats(self) -> dict[str, int]:
-        """Sessions running, streams queued, sessions stopped early because every caller had gone, and
-        sessions opened without the batch wait."""
-        running, waiting = len(self.sessions), len(self.waiting)
-        return {"sessions": running, "waiting": waiting, "sessions_stopped": self.stopped, "unwaited": self.unwaited}
+        """Batches running (``sessions``), streams queued, streams dropped because their callers had gone,
+        batches opened without the wait, and streams that joined a running batch."""
+        return {
+            "sessions": len(self.batches),
+            "waiting": len(self.waiting),
+            "dropped": self.dropped,
+            "unwaited": self.unwaited,
+            "joined": self.joined,
+        }
 
     def _admit(self) -> None:
-        """Open a session if streams wait, a slot is free and no other session is gathering."""
-        if self.waiting and not self.opening and len(self.sessions) < self.batching.max_concurrent_batches:
+        """Open a batch if streams wait, none is gathering, a slot is free and no running batch can take them."""
+        full = all(not b.taking or len(b.rows) >= self.batching.max_batch_size for b in self.running)
+        if self.waiting and not self.opening and full and len(self.batches) < self.batching.max_concurrent_batches:
             self.opening = True
             # A fresh context: Serve links handle calls to the request whose context they run in, and
-            # cancels them with it; the session serves every stream it gathers, not the one that opened it.
-            task = asyncio.get_running_loop().create_task(self._session(), context=contextvars.Context())
-            self.sessions.add(task)
-            task.add_done_callback(self._session_done)
+            # cancels them with it; the batch serves every stream it takes, not the one that opened it.
+            task = asyncio.get_running_loop().create_task(self._batch(), context=contextvars.Context())
+            self.batches.add(task)
+            task.add_done_callback(self._batch_done)
 
-    def _session_done(self, task: asyncio.Task) -> None:
-        self.sessions.discard(task)
+    def _batch_done(self, task: asyncio.Task) -> None:
+        self.batches.discard(task)
         self._admit()
 
-    async def _session(self) -> None:
+    def _take(self, room: int) -> list[_Stream]:
+        taken = []
+        while self.waiting and len(taken) < room:
+            taken.append(self.waiting.popleft())
+        return taken
+
+    async def _batch(self) -> None:
         try:
             if len(self.waiting) == 1 and self.waiting[0].alone:
                 self.unwaited += 1
             elif len(self.waiting) < self.batching.max_batch_size:
                 await asyncio.sleep(self.batching.batch_wait_timeout_s)
-            size = min(self.batching.max_batch_size, len(self.waiting))
-            batch = [self.waiting.popleft() for _ in range(size)]
+            first = self._take(self.batching.max_batch_size)
         finally:
             self.opening = False
-        self._admit()  # streams still waiting may open the next session now
+        if not first:
+            return
+        batch = _DecoderBatch(self, first)
+        self.running.append(batch)
+        self._admit()  # streams still waiting may open the next batch now
         try:
-            if batch:
-                await self._run(batch)
-        except Exception as err:  # a failed session fails its streams, never the replica
-            for stream in batch:
-                stream.outbox.put_nowait(err)
+            await batch.run()
         finally:
-            for stream in batch:
-                stream.outbox.put_nowait(_END)
+            self.running.remove(batch)
 
-    async def _run(self, batch: list[_Stream]) -> None:
-        """Deliver each round's chunks to their streams; stop early once every stream is gone."""
-        async with contextlib.aclosing(self._rounds([s.request for s in batch])) as rounds:
-            async for chunks in rounds:
-                if all(stream.gone for stream in batch):
-                    self.stopped += 1
-                    log.info("decoder session of %d stream(s) stopped: every caller has gone", len(batch))
-                    return
-                for stream, chunk in zip(batch, chunks, strict=True):
-                    if chunk is not None:
-                        stream.outbox.put_nowait(chunk)
-                        if chunk.finish_reason is not None or chunk.error is not None:
-                            stream.outbox.put_nowait(_END)
 
-    async def _rounds(self, requests: list[GenerationRequest]) -> AsyncIterator[list[SpeechChunk | None]]:
-        """Lockstep rounds: one LLM stream for all requests, one decoder cache row per reply."""
-        session = SpeechSession(
-            self.decoder,
-            [r.speech_output for r in requests],
-            self.read,
-            self.write,
-            self.max_units,
-            self.unit_temperature,
-            [r.seed for r in requests],
+class _DecoderBatch:
+    """One decoder batch's rounds: take queued streams, read their LLM groups, write units, vocode.
+
+    Round k + 1 is decoded while round k is vocoded, and each round is delivered as soon as it is
+    vocoded: the first audio must not wait for the second round's LLM tokens.
+    """
+
+    def __init__(self, owner: SpeechDecoder, first: list[_Stream]) -> None:
+        self.owner, self.key = owner, uuid.uuid4().hex
+        self.rows: list[_Stream] = []  # session row → stream
+        self.feeds: list[_Feed] = []
+        self.arrived = asyncio.Event()
+        self.taking = True  # False once its last round is out: queued streams open a new batch
+        self.session = SpeechSession(
+            owner.decoder, [], owner.read, owner.write, owner.max_units, owner.unit_temperature, []
         )
-        voice = RoundVocoder(self.vocoder, [r.speech_output for r in requests])
-        vocoding: asyncio.Queue[asyncio.Task | None] = asyncio.Queue()
-        # Decode round k + 1 while round k is vocoded, and yield each round as soon as it is vocoded:
-        # the first audio must not wait for the second round's LLM tokens.
-        decoding = asyncio.get_running_loop().create_task(self._submit_rounds(session, requests, voice, vocoding))
-        try:
-            while (vocoded := await vocoding.get()) is not None:
-                yield await vocoded
-            await decoding  # a decoding error surfaces after the rounds before it
-        finally:
-            decoding.cancel()
-            while not vocoding.empty():
-                if (left := vocoding.get_nowait()) is not None:
-                    left.cancel()
+        self.voice = RoundVocoder(owner.vocoder)
+        self._join(first)
 
-    async def _submit_rounds(
-        self, session: SpeechSession, requests: list[GenerationRequest], voice: RoundVocoder, out: asyncio.Queue
-    ) -> None:
-        """Decode every round and start vocoding it; ``None`` closes ``out``."""
+    async def run(self) -> None:
+        vocoded: asyncio.Queue[asyncio.Task | None] = asyncio.Queue()
+        delivery = asyncio.get_running_loop().create_task(self._deliver(vocoded))
         try:
-            async with contextlib.aclosing(self._decoded(session, requests)) as decoded:
-                async for chunks in decoded:
-                    out.put_nowait(voice.submit(chunks))
+            while self.rows:
+                groups = await self._groups()
+                chunks = await asyncio.to_thread(self.session.round, groups)
+                items = list(zip(self.rows, chunks, strict=True))
+                vocoded.put_nowait((items, self.voice.submit(items)))
+                self._compact()
+                if len(self.rows) < self.owner.batching.max_batch_size:
+                    self._join(self.owner._take(self.owner.batching.max_batch_size - len(self.rows)), late=True)
+        except Exception as err:  # a failed batch fails its streams, never the replica
+            for stream in self.rows:
+                stream.outbox.put_nowait(err)
+                stream.outbox.put_nowait(_END)
         finally:
-            out.put_nowait(None)
+            self.taking = False
+            vocoded.put_nowait(None)
+            await delivery
+            for feed in self.feeds:
+                feed.task.cancel()
 
-    async def _decoded(
-        self, session: SpeechSession, requests: list[GenerationRequest]
-    ) -> AsyncIterator[list[SpeechChunk | None]]:
-        llm, ended = self.llm.generate.remote(requests), False
+    def _join(self, streams: list[_Stream], late: bool = False) -> None:
+        streams = [s for s in streams if not s.gone]
+        if not streams:
+            return
+        self.owner.joined += len(streams) if late else 0
+        self.session.add([s.request.speech_output for s in streams], [s.request.seed for s in streams])
+        self.rows += streams
+        feed = _Feed(streams)
+        feed.task = asyncio.get_running_loop().create_task(self._read(feed))
+        self.feeds.append(feed)
+
+    async def _read(self, feed: _Feed) -> None:
+        """Queue one LLM call's step groups for the rounds."""
+        call, ended = self.owner.llm.generate.remote([s.request for s in feed.streams], batch=self.key), False
         try:
-            async for groups in llm:
-                yield await asyncio.to_thread(session.round, groups)
+            async for groups in call:
+                feed.groups.append(groups)
+                self.arrived.set()
             ended = True
+        except Exception as err:
+            feed.error = err
         finally:
-            if not ended:  # closed early (every caller gone): stop the LLM's generation too
-                llm.cancel()
-        while not session.done:
-            yield await asyncio.to_thread(session.round, None)
+            feed.ended = True
+            self.arrived.set()
+            if not ended:  # cancelled (no stream needs it) or failed: stop its generation too
+                call.cancel()
+
+    async def _groups(self) -> list[TextGroup | None]:
+        """The next group of each stream (at most one per LLM call's step); waits only while every stream
+        needs text and none has come."""
+        while True:
+            row = {id(s): b for b, s in enumerate(self.rows)}
+            groups: list[TextGroup | None] = [None] * len(self.rows)
+            got = False
+            for feed in self.feeds:
+                if feed.groups:
+                    for stream, group in zip(feed.streams, feed.groups.popleft(), strict=True):
+                        if group is not None and (b := row.get(id(stream))) is not None:
+                            groups[b], got = group, True
+                elif feed.ended:  # the call ended before these replies' text did (it failed)
+                    for stream in feed.streams:
+                        if (b := row.get(id(stream))) is not None and self.session.wants_text(b):
+                            groups[b], got = _failed(feed.error), True
+            if got or not all(self.session.wants_text(b) for b in range(len(self.rows))):
+                return groups
+            self.arrived.clear()
+            await self.arrived.wait()
+
+    def _compact(self) -> None:
+        """Drop finished streams' rows and gone streams; stop LLM calls that no stream needs any more."""
+        gone = {b for b, s in enumerate(self.rows) if s.gone}
+        self.owner.dropped += len(gone)
+        keep = self.session.compact(gone)
+        self.rows = [self.rows[b] for b in keep]
+        live = {id(s) for s in self.rows}
+        for feed in self.feeds:
+            if not any(id(s) in live for s in feed.streams):
+                feed.task.cancel()
+        self.feeds = [f for f in self.feeds if any(id(s) in live for s in f.streams)]
+
+    async def _deliver(self, vocoded: asyncio.Queue) -> None:
+        """Hand each vocoded round's chunks to their streams, in round order."""
+        while (next_round := await vocoded.get()) is not None:
+            items, task = next_round
+            try:
+                chunks = await task
+            except Exception as err:  # the round's chunks go out with the error instead of audio
+                chunks = [
+                    (s, dataclasses.replace(c, error=f"vocoding failed: {err}")) for s, c in items if c is not None
+                ]
+            for stream, chunk in chunks:
+                if chunk is not None and not stream.gone:
+                    stream.outbox.put_nowait(chunk)
+                    if chunk.finish_reason is not None or chunk.error is not None:
+                        stream.outbox.put_nowait(_END)
 
 
-_END = object()  # end of one stream's chunks
+def _failed(error: BaseException | None) -> TextGroup:
+    """The group a stream gets when its LLM call ended without finishing it."""
+    message = f"the LLM stream failed: {error}" if error else "the LLM stream ended before the reply did"
+    return TextGroup((), (), torch.zeros(0, 0), None, 0, error=message)
 
 
-@dataclasses.dataclass(eq=False)
-class _Stream:
-    """One reply in the decoder: its request, where its chunks go, and whether its caller has gone."""
+# End of one stream's chunks or one LLM call's groups. Only module-level code may name it: Serve pickles
+# the deployment classes by value, so their methods would see a copy of it.
+_END = object()
 
-    request: GenerationRequest
-    outbox: asyncio.Queue = dataclasses.field(default_factory=asyncio.Queue)
-    gone: bool = False
-    alone: bool = False  # the gateway had no other request in flight when it sent this one
+
+async def _drain(outbox: asyncio.Queue) -> AsyncIterator[Any]:
+    """Items of ``outbox`` until ``_END``; an exception put there is raised."""
+    while (item := await outbox.get()) is not _END:
+        if isinstance(item, BaseException):
+            raise item
+        yield item
 
 
 class RoundVocoder:
-    """One session's vocoding: one vocoder call per round for all its streams, chained round after round.
+    """One batch's vocoding: one vocoder call per round for all its streams, chained round after round.
 
-    Each call waits for the previous round's (the streams' vocoder states come from it), so a session
-    may submit round k + 1 while round k is still being vocoded.
+    Each call waits for the previous round's (the streams' vocoder states come from it), so a batch
+    may submit round k + 1 while round k is still being vocoded. States are kept per stream object.
     """
 
-    def __init__(self, vocoder: DeploymentHandle, speech_output: list[bool]) -> None:
-        self.vocoder, self.wanted = vocoder, speech_output
-        self.states: list[VocoderState | None] = [None] * len(speech_output)
+    def __init__(self, vocoder: DeploymentHandle) -> None:
+        self.vocoder = vocoder
+        self.states: dict[int, VocoderState | None] = {}
         self.last: asyncio.Task | None = None
 
-    def submit(self, chunks: list[SpeechChunk | None]) -> asyncio.Task:
-        """Start vocoding ``chunks``; the task returns them with ``audio`` set where speech is wanted."""
-        self.last = asyncio.get_running_loop().create_task(self._vocode(chunks, self.last))
+    def submit(self, items: list[tuple[Any, SpeechChunk | None]]) -> asyncio.Task:
+        """Start vocoding ``(stream, chunk)`` pairs; the task returns them with ``audio`` set where the
+        stream's request wants speech (``stream.request.speech_output``)."""
+        self.last = asyncio.get_running_loop().create_task(self._vocode(items, self.last))
         return self.last
 
     async def _vocode(
-        self, chunks: list[SpeechChunk | None], previous: asyncio.Task | None
-    ) -> list[SpeechChunk | None]:
+        self, items: list[tuple[Any, SpeechChunk | None]], previous: asyncio.Task | None
+    ) -> list[tuple[Any, SpeechChunk | None]]:
         if previous is not None:
-            await previous
-        todo = [b for b, c in enumerate(chunks) if c is not None and self.wanted[b] and _sounds(c)]
+            with contextlib.suppress(Exception):  # its own failure is reported with its own round
+                await previous
+        todo = [i for i, (s, c) in enumerate(items) if c is not None and s.request.speech_output and _sounds(c)]
         if not todo:
-            return chunks
-        requests = [VocodeRequest(self.states[b], chunks[b].units, final=_final(chunks[b])) for b in todo]
+            return items
+        requests = [
+            VocodeRequest(self.states.get(id(items[i][0])), items[i][1].units, final=_final(items[i][1])) for i in todo
+        ]
         results = await self.vocoder.vocode_round.remote(requests)
-        out = list(chunks)
-        for b, result in zip(todo, results, strict=True):
-            self.states[b], out[b] = result.state, dataclasses.replace(chunks[b], audio=result.audio)
+        out = list(items)
+        for i, result in zip(todo, results, strict=True):
+            stream, chunk = items[i]
+            self.states[id(stream)] = result.state
+            if _final(chunk):
+                del self.states[id(stream)]
+            out[i] = (stream, dataclasses.replace(chunk, audio=result.audio))
         return out
 
 

@@ -287,7 +287,7 @@ class Gateway:
         return result
 
     async def _parts(self, reply: Reply) -> AsyncIterator[tuple[SpeechChunk, torch.Tensor | None]]:
-        """Decoder chunks with their audio, vocoded by the decoder's session (the first after W units)."""
+        """Decoder chunks with their audio, vocoded by the decoder's batch (the first after W units)."""
         chunk = reply.first
         while True:
             if chunk.error is not None:

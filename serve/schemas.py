@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 # which Serve only takes at decoration time): a long decoder batch must not hold back the next, and with
 # batching off (batch size 1) streams still run side by side.
 CONCURRENT_BATCHES = 4
-DECODER_SESSIONS = 16  # decoder sessions side by side with batching off (each reply alone)
+DECODER_SESSIONS = 16  # decoder batches side by side with batching off (each reply alone)
 # Replica settings of ``ServeArgs.low_latency`` (Ray 2.60; part of what RAY_SERVE_THROUGHPUT_OPTIMIZED
 # sets, without its direct ingress on port 8000): user code and handle routers on the replica's own event
 # loop instead of one extra thread and loop each. Safe here because every deployment runs its compute in
@@ -92,7 +92,7 @@ class Batching(_Strict):
 
     max_batch_size: int = Field(8, ge=1)
     batch_wait_timeout_s: float = Field(0.01, ge=0)
-    # decoder only: sessions side by side (understanding and vocoder use CONCURRENT_BATCHES)
+    # decoder only: batches side by side (understanding and vocoder use CONCURRENT_BATCHES)
     max_concurrent_batches: int = Field(1, ge=1)
 
 

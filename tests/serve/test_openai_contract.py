@@ -163,11 +163,11 @@ def test_streaming_sends_role_transcript_pcm16_finish_and_usage(client):
     assert len({c.id for c in chunks}) == 1
 
 
-def test_client_leaving_mid_stream_stops_its_decoder_session(server, client):
-    before = _decoder().stats.remote().result()["sessions_stopped"]
+def test_client_leaving_mid_stream_drops_its_decoder_stream(server, client):
+    before = _decoder().stats.remote().result()["dropped"]
     _hang_up_after_first_audio(client)
     stats, health = _wait_until_idle(server)
-    assert (stats["sessions"], stats["waiting"], stats["sessions_stopped"]) == (0, 0, before + 1)
+    assert (stats["sessions"], stats["waiting"], stats["dropped"]) == (0, 0, before + 1)
     assert health == {"status": "ok", "active_requests": 0}
     assert client.chat.completions.create(model="freezeempath", messages=[spoken()], **AUDIO).choices
 
@@ -189,6 +189,31 @@ def test_only_a_lone_request_skips_the_batch_waits(server, client):
         list(pool.map(chat, (102, 103)))
     together = [b - a for a, b in zip(alone, counts(), strict=True)]
     assert together[0] + together[1] == 2 and together[1] >= 1 and together[2] <= 1
+
+
+def test_a_reply_joins_a_running_batch_and_equals_itself_alone(server, client):
+    from freezeempath.data.template import Turn
+    from freezeempath.inference.llm_session import GenerationRequest
+
+    def ask():  # the same clip and seed each time
+        return client.chat.completions.create(
+            model="freezeempath", messages=[spoken(wav_b64(seed=104))], seed=9, **AUDIO
+        )
+
+    def joined() -> int:
+        return _decoder().stats.remote().result()["joined"]
+
+    alone, before = ask(), joined()
+    long = GenerationRequest(turns=(Turn("user", "tell me a story"),), max_new_tokens=240, temperature=1.0, seed=1)
+    running = iter(_decoder().options(stream=True).stream.remote(long))  # seconds of decoding: far longer than ask()
+    first = next(running)
+    late = ask()
+    rest = list(running)
+    assert joined() == before + 1, "the reply sent while a batch ran must join it"
+    assert first.error is None and rest[-1].finish_reason is not None and all(c.error is None for c in rest)
+    mine, theirs = late.choices[0].message.audio, alone.choices[0].message.audio
+    assert mine.transcript == theirs.transcript
+    assert late.usage.completion_tokens_details.audio_tokens == alone.usage.completion_tokens_details.audio_tokens
 
 
 def test_client_timing_out_on_a_whole_reply_leaves_nothing_running(server, client):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 from dataclasses import replace
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -77,12 +78,15 @@ def test_round_vocoder_chains_states_across_overlapping_rounds():
     rounds[-1] = [replace(c, finish_reason=FinishReason.STOP) for c in rounds[-1]]
     rounds[1][1] = None  # a stream with nothing this round
 
-    async def run():
-        voice = RoundVocoder(Transport(), [True, False])  # the second stream wants no speech
-        tasks = [voice.submit(chunks) for chunks in rounds]
-        return [await t for t in tasks]
+    streams = [SimpleNamespace(request=SimpleNamespace(speech_output=wanted)) for wanted in (True, False)]
 
-    done = asyncio.run(run())
+    async def run():  # the second stream wants no speech
+        voice = RoundVocoder(Transport())
+        tasks = [voice.submit(list(zip(streams, chunks, strict=True))) for chunks in rounds]
+        done = [[chunk for _, chunk in await t] for t in tasks]
+        return done, voice.states
+
+    done, states_left = asyncio.run(run())
     states, ref = None, []
     for i in range(0, 15, 5):
         result = vocode_batch(codec, [VocodeRequest(states, tuple(units[0][i : i + 5]), final=i == 10)], 24_000)[0]
@@ -90,6 +94,7 @@ def test_round_vocoder_chains_states_across_overlapping_rounds():
         ref.append(result.audio)
     torch.testing.assert_close(torch.cat([r[0].audio for r in done]), torch.cat(ref))
     assert all(r[1] is None or r[1].audio is None for r in done) and done[1][1] is None
+    assert states_left == {}  # a stream's state is dropped with its last chunk
 
 
 def _unit_streams_and_refs(temperature: float) -> tuple[Any, list, list, list[list[int]]]:
