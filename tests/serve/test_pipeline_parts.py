@@ -257,3 +257,32 @@ def test_llm_session_streams_join_and_leave_between_steps(tiny_parts):
     assert first is not None and first[1] is not None
     assert dropped.compact(drop={0}) == [1] and dropped.mask.shape[0] == 1
     assert [*first[1].token_ids, *_run(dropped)[0]] == alone[2]
+
+
+def test_llm_calls_with_one_batch_key_share_a_session_and_give_their_replies_alone():
+    """``LLM.generate`` (the deployment's class, called directly): a call with the key of a running batch
+    joins its session between steps; each call still gets exactly the groups of its own requests."""
+    from serve.deployments import LLM
+    from serve.schemas import ModelArgs
+
+    llm = LLM.func_or_class(ModelArgs(config="tiny", device="cpu"))
+    requests = [_request("hello there", 90, seed=2), _request("hi", 6, seed=5)]
+
+    async def tokens(request, key, delay=0.0):
+        await asyncio.sleep(delay)
+        out, rows = [], 0
+        async for (group,) in llm.generate([request], batch=key):
+            out += group.token_ids if group is not None else ()
+            if key in llm.batches:  # streams in the running session right now
+                rows = max(rows, len(llm.batches[key].owners))
+        return out, rows
+
+    async def run():
+        alone = [(await tokens(r, ""))[0] for r in requests]
+        first = asyncio.ensure_future(tokens(requests[0], "k"))
+        late = await tokens(requests[1], "k", delay=0.01)  # while the first call runs
+        return alone, await first, late, len(llm.batches)
+
+    alone, (first, _), (late, rows), left = asyncio.run(run())
+    assert [first, late] == alone and left == 0
+    assert rows == 2, "the late call must join the running session"
