@@ -23,7 +23,9 @@ call per round (one per audio chunk at concurrency 1). Overhead per hop = median
 with batching on under Serve's defaults (``low_latency: false``: Ray actor calls between deployments,
 user code in its own thread); it includes HTTP, JSON, base64, 24 kHz resampling, pcm16 encoding and (on)
 the batch waits, which a request alone in the gateway skips (``c1_understood_alone`` and
-``c1_sessions_unwaited``: the share of concurrency-1 requests through ``/on`` that did). For scale,
+``c1_sessions_unwaited``: the share of concurrency-1 requests through ``/on`` that did). Rows at
+concurrency 4 and 16 carry ``joined_share``: the share of replies that joined a decoder batch already
+running (continuous batching; 0 with batching off, where every batch holds one reply). For scale,
 ``healthz_round_trip_ms`` is a bare HTTP → proxy → gateway round trip and ``noop_handle_call_ms`` (gRPC) /
 ``noop_handle_call_ms_actor`` a handle call that does no work (driver → vocoder replica), all measured
 alongside.
@@ -216,13 +218,19 @@ def noop_call_ms(app: str, grpc: bool, n: int = 50) -> float:
     return float(np.median(asyncio.run(timed())) * 1000)
 
 
+def decoder_stats(app: str) -> dict[str, int]:
+    """``SpeechDecoder.stats()`` of ``app`` (counts so far)."""
+    from ray import serve
+
+    return serve.get_deployment_handle("SpeechDecoder", app_name=app).stats.remote().result()
+
+
 def lone_requests(app: str) -> tuple[int, int]:
-    """Clips understood alone and decoder sessions opened without the batch wait, so far, in ``app``."""
+    """Clips understood alone and decoder batches opened without the batch wait, so far, in ``app``."""
     from ray import serve
 
     understood = serve.get_deployment_handle("SpeechUnderstanding", app_name=app).stats.remote().result()
-    decoder = serve.get_deployment_handle("SpeechDecoder", app_name=app).stats.remote().result()
-    return understood["alone"], decoder["unwaited"]
+    return understood["alone"], decoder_stats(app)["unwaited"]
 
 
 def paired_c1(responder: Any, data: list, bodies: list, url: str, max_tokens: int) -> tuple[list, dict]:
@@ -262,13 +270,18 @@ def alternating(args: argparse.Namespace, bodies: list, url: str, concurrency: i
     n = max(args.requests, 2 * concurrency)
     level = (bodies * (n // len(bodies) + 1))[:n]
     runs: dict[str, list] = {m: [] for m in MODES}
-    wall = dict.fromkeys(MODES, 0.0)
+    wall, joined = dict.fromkeys(MODES, 0.0), dict.fromkeys(MODES, 0)
     for _ in range(args.repeats):
         for mode in MODES:
+            before = decoder_stats(f"bench-{mode}")["joined"]
             got, seconds = asyncio.run(serve_level(f"{url}/{mode}", level, concurrency))
             runs[mode] += got
             wall[mode] += seconds
-    return [summarize(f"serve batching {m}", concurrency, runs[m], wall[m]) for m in MODES]
+            joined[mode] += decoder_stats(f"bench-{mode}")["joined"] - before
+    rows = [summarize(f"serve batching {m}", concurrency, runs[m], wall[m]) for m in MODES]
+    for row, mode in zip(rows, MODES, strict=True):  # replies that joined a running decoder batch
+        row["joined_share"] = joined[mode] / len(runs[mode])
+    return rows
 
 
 def in_process_batch(responder: Any, data: list, max_tokens: int) -> dict[str, Any]:
@@ -341,10 +354,12 @@ def _met(summary: dict[str, Any]) -> dict[str, bool]:
 def print_table(rows: list[dict[str, Any]], summary: dict[str, Any]) -> None:
     """A fixed-width table of every row, then the ratios."""
     header = f"{'mode':<22}{'conc':>5}{'n':>5}{'p50 ms':>9}{'p99 ms':>9}{'1st audio':>10}{'share':>7}{'req/s':>8}"
+    header += f"{'joined':>8}"  # share of replies that joined a running decoder batch
     print(header + "\n" + "-" * len(header))
+    keys = ("p50_ms", "p99_ms", "first_audio_p50_ms", "first_audio_share", "rps", "joined_share")
     for r in rows:
-        cells = [r.get(k) for k in ("p50_ms", "p99_ms", "first_audio_p50_ms", "first_audio_share", "rps")]
-        widths, places = (9, 9, 10, 7, 8), (1, 1, 1, 2, 2)
+        cells = [r.get(k) for k in keys]
+        widths, places = (9, 9, 10, 7, 8, 8), (1, 1, 1, 2, 2, 2)
         text = "".join(
             " " * w if v is None else f"{v:>{w}.{p}f}" for v, w, p in zip(cells, widths, places, strict=True)
         )

@@ -370,7 +370,7 @@ class _DecoderBatch:
         streams = [s for s in streams if not s.gone]
         if not streams:
             return
-        self.owner.joined += len(streams) if late else 0
+        self.owner.joined += len(streams) if late and self.rows else 0  # beside replies in flight
         self.session.add([s.request.speech_output for s in streams], [s.request.seed for s in streams])
         self.rows += streams
         feed = _Feed(streams)
