@@ -418,6 +418,7 @@ class _DecoderBatch:
         """Drop finished streams' rows and gone streams; stop LLM calls that no stream needs any more."""
         gone = {b for b, s in enumerate(self.rows) if s.gone}
         self.owner.dropped += len(gone)
+        self.voice.forget([self.rows[b] for b in gone])
         keep = self.session.compact(gone)
         self.rows = [self.rows[b] for b in keep]
         live = {id(s) for s in self.rows}
@@ -471,8 +472,13 @@ class RoundVocoder:
 
     def __init__(self, vocoder: DeploymentHandle) -> None:
         self.vocoder = vocoder
-        self.states: dict[int, VocoderState | None] = {}
+        self.states: dict[Any, VocoderState | None] = {}  # by stream object (kept alive here: ids are reused)
         self.last: asyncio.Task | None = None
+
+    def forget(self, streams: list[Any]) -> None:
+        """Drop the states of streams that left mid-reply (a stream's last chunk drops its own)."""
+        for stream in streams:
+            self.states.pop(stream, None)
 
     def submit(self, items: list[tuple[Any, SpeechChunk | None]]) -> asyncio.Task:
         """Start vocoding ``(stream, chunk)`` pairs; the task returns them with ``audio`` set where the
@@ -489,16 +495,16 @@ class RoundVocoder:
         todo = [i for i, (s, c) in enumerate(items) if c is not None and s.request.speech_output and _sounds(c)]
         if not todo:
             return items
-        requests = [
-            VocodeRequest(self.states.get(id(items[i][0])), items[i][1].units, final=_final(items[i][1])) for i in todo
-        ]
+        chunks = [items[i] for i in todo]
+        requests = [VocodeRequest(self.states.get(s), c.units, final=_final(c)) for s, c in chunks]
         results = await self.vocoder.vocode_round.remote(requests)
         out = list(items)
         for i, result in zip(todo, results, strict=True):
             stream, chunk = items[i]
-            self.states[id(stream)] = result.state
-            if _final(chunk):
-                del self.states[id(stream)]
+            if _final(chunk) or getattr(stream, "gone", False):
+                self.states.pop(stream, None)
+            else:
+                self.states[stream] = result.state
             out[i] = (stream, dataclasses.replace(chunk, audio=result.audio))
         return out
 

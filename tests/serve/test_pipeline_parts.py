@@ -78,7 +78,11 @@ def test_round_vocoder_chains_states_across_overlapping_rounds():
     rounds[-1] = [replace(c, finish_reason=FinishReason.STOP) for c in rounds[-1]]
     rounds[1][1] = None  # a stream with nothing this round
 
-    streams = [SimpleNamespace(request=SimpleNamespace(speech_output=wanted)) for wanted in (True, False)]
+    class Stream:  # what the vocoder reads of a decoder stream; hashed by identity, as the real one
+        def __init__(self, wanted: bool) -> None:
+            self.request = SimpleNamespace(speech_output=wanted)
+
+    streams = [Stream(True), Stream(False)]
 
     async def run():  # the second stream wants no speech
         voice = RoundVocoder(Transport())
