@@ -344,7 +344,7 @@ class _DecoderBatch:
         self._join(first)
 
     async def run(self) -> None:
-        vocoded: asyncio.Queue[asyncio.Task | None] = asyncio.Queue()
+        vocoded: asyncio.Queue[tuple[list, asyncio.Task] | None] = asyncio.Queue()  # rounds being vocoded
         delivery = asyncio.get_running_loop().create_task(self._deliver(vocoded))
         try:
             while self.rows:

@@ -19,7 +19,7 @@ from freezeempath.inference.audio_io import StreamingResampler, decode_input_aud
 from freezeempath.inference.dialogue import FinishReason
 from freezeempath.inference.llm_session import GenerationRequest, LLMSession
 from freezeempath.inference.parts import build_decoder_part, build_full_model, build_understander
-from freezeempath.inference.speech_session import BatchedUnitStreams, SpeechChunk
+from freezeempath.inference.speech_session import BatchedUnitStreams, SpeechChunk, SpeechSession
 from freezeempath.inference.vocode import VocodeRequest, vocode_batch
 from freezeempath.model.build import build_speech_decoder
 from freezeempath.model.codec import build_codec
@@ -290,3 +290,38 @@ def test_llm_calls_with_one_batch_key_share_a_session_and_give_their_replies_alo
     alone, (first, _), (late, rows), left = asyncio.run(run())
     assert [first, late] == alone and left == 0
     assert rows == 2, "the late call must join the running session"
+
+
+def test_speech_session_streams_join_and_leave_between_rounds(tiny_parts):
+    """A reply's chunks do not depend on when it joins a running session or on who left before it."""
+    cfg, model = tiny_parts
+    sd = cfg.speech_decoder
+    requests, seeds = [_request("a long one, please", 20, seed=4), _request("hi", 8, seed=6)], [7, 8]
+
+    def text_groups(request):  # the LLM's groups of one reply, step by step
+        llm, groups = LLMSession(model.llm, model.stop_ids, [request], read=sd.read), []
+        while (step := llm.step()) is not None:
+            groups.append(step[0])
+        return groups
+
+    def units(streams, join_at=-1):
+        """Units per stream; stream 0 opens the session, stream 1 (if given) joins at round ``join_at``."""
+        queues, owners = [text_groups(requests[b]) for b in streams], [0]
+        speech, got = (
+            SpeechSession(model.speech_decoder, [True], sd.read, sd.write, 40, 1.0, [seeds[streams[0]]]),
+            [[], []],
+        )
+        for round_ in range(200):
+            if round_ == join_at:
+                speech.add([True], [seeds[streams[1]]])
+                owners.append(1)
+            chunks = speech.round([queues[b].pop(0) if queues[b] else None for b in owners])
+            for b, chunk in zip(owners, chunks, strict=True):
+                got[b] += chunk.units if chunk is not None else ()
+            owners = [owners[row] for row in speech.compact()]
+            if not owners and round_ >= join_at:
+                return got[: len(streams)]
+        raise AssertionError("the session never finished")
+
+    alone = [units([0])[0], units([1])[0]]
+    assert all(alone) and units([0, 1], join_at=2) == alone
