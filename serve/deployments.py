@@ -143,11 +143,11 @@ class _LLMBatch:
         if not calls:
             return
         requests = [r for c in calls for r in c.requests]
+        self.owners += [(c, j) for c in calls for j in range(len(c.requests))]  # so a failure reaches them too
         if self.session is None:
             self.session = await asyncio.to_thread(self.make, requests)
         else:
             await asyncio.to_thread(self.session.add, requests)
-        self.owners += [(c, j) for c in calls for j in range(len(c.requests))]
 
     def _deliver(self, groups: list[TextGroup | None]) -> None:
         """Send each call its streams' groups; end the calls whose streams have all finished or gone."""
@@ -315,7 +315,11 @@ class SpeechDecoder:
             self.opening = False
         if not first:
             return
-        batch = _DecoderBatch(self, first)
+        try:
+            batch = _DecoderBatch(self, first)
+        except Exception as err:  # the batch could not start: its streams fail, the replica goes on
+            _fail(first, err)
+            return
         self.running.append(batch)
         self._admit()  # streams still waiting may open the next batch now
         try:
@@ -356,9 +360,7 @@ class _DecoderBatch:
                 if len(self.rows) < self.owner.batching.max_batch_size:
                     self._join(self.owner._take(self.owner.batching.max_batch_size - len(self.rows)), late=True)
         except Exception as err:  # a failed batch fails its streams, never the replica
-            for stream in self.rows:
-                stream.outbox.put_nowait(err)
-                stream.outbox.put_nowait(_END)
+            _fail(self.rows, err)
         finally:
             self.taking = False
             vocoded.put_nowait(None)
@@ -371,8 +373,8 @@ class _DecoderBatch:
         if not streams:
             return
         self.owner.joined += len(streams) if late and self.rows else 0  # beside replies in flight
+        self.rows += streams  # first: if adding them fails, the batch fails them with the others
         self.session.add([s.request.speech_output for s in streams], [s.request.seed for s in streams])
-        self.rows += streams
         feed = _Feed(streams)
         feed.task = asyncio.get_running_loop().create_task(self._read(feed))
         self.feeds.append(feed)
@@ -453,6 +455,13 @@ def _failed(error: BaseException | None) -> TextGroup:
 # End of one stream's chunks or one LLM call's groups. Only module-level code may name it: Serve pickles
 # the deployment classes by value, so their methods would see a copy of it.
 _END = object()
+
+
+def _fail(streams: list[_Stream], error: Exception) -> None:
+    """End ``streams`` with ``error`` (their callers raise it)."""
+    for stream in streams:
+        stream.outbox.put_nowait(error)
+        stream.outbox.put_nowait(_END)
 
 
 async def _drain(outbox: asyncio.Queue) -> AsyncIterator[Any]:

@@ -216,6 +216,20 @@ def test_a_reply_joins_a_running_batch_and_equals_itself_alone(server, client):
     assert late.usage.completion_tokens_details.audio_tokens == alone.usage.completion_tokens_details.audio_tokens
 
 
+def test_a_reply_the_llm_cannot_start_ends_in_an_error_chunk_and_serving_goes_on(server, client):
+    import torch
+    from freezeempath.data.template import Turn
+    from freezeempath.inference.llm_session import GenerationRequest
+
+    rows, emotion = torch.zeros(3, 32), torch.zeros(1, 32)  # a clip's features but no <speech> slot for them
+    broken = GenerationRequest(turns=(Turn("user", "hi"),), speech=(rows,), emotion=(emotion,), max_new_tokens=4)
+    chunks = list(_decoder().options(stream=True).stream.remote(broken))
+    assert len(chunks) == 1 and "the LLM stream failed" in (chunks[0].error or "")
+    stats, health = _wait_until_idle(server)
+    assert (stats["sessions"], stats["waiting"]) == (0, 0) and health == {"status": "ok", "active_requests": 0}
+    assert client.chat.completions.create(model="freezeempath", messages=[spoken()], **AUDIO).choices
+
+
 def test_client_timing_out_on_a_whole_reply_leaves_nothing_running(server, client):
     impatient = client.with_options(timeout=0.05)  # hangs up long before a reply could be ready (≈ 0.3 s)
     with pytest.raises(openai.APITimeoutError):

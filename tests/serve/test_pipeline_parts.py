@@ -325,3 +325,18 @@ def test_speech_session_streams_join_and_leave_between_rounds(tiny_parts):
 
     alone = [units([0])[0], units([1])[0]]
     assert all(alone) and units([0, 1], join_at=2) == alone
+
+
+def test_an_llm_call_that_cannot_start_fails_with_an_error_and_the_replica_goes_on():
+    from serve.deployments import LLM
+    from serve.schemas import ModelArgs
+
+    llm = LLM.func_or_class(ModelArgs(config="tiny", device="cpu"))
+    broken = replace(_request("hi", 4), speech=(torch.zeros(3, 32),), emotion=(torch.zeros(1, 32),))  # no slot for it
+
+    async def run(request):
+        return [groups async for groups in llm.generate([request], batch="k")]
+
+    with pytest.raises(ValueError):
+        asyncio.run(asyncio.wait_for(run(broken), timeout=60))
+    assert llm.batches == {} and asyncio.run(run(_request("hi", 4)))
