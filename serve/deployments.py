@@ -399,17 +399,17 @@ class _DecoderBatch:
         """The next group of each stream (at most one per LLM call's step); waits only while every stream
         needs text and none has come."""
         while True:
-            row = {id(s): b for b, s in enumerate(self.rows)}
+            row = {s: b for b, s in enumerate(self.rows)}  # streams hash by identity
             groups: list[TextGroup | None] = [None] * len(self.rows)
             got = False
             for feed in self.feeds:
                 if feed.groups:
                     for stream, group in zip(feed.streams, feed.groups.popleft(), strict=True):
-                        if group is not None and (b := row.get(id(stream))) is not None:
+                        if group is not None and (b := row.get(stream)) is not None:
                             groups[b], got = group, True
                 elif feed.ended:  # the call ended before these replies' text did (it failed)
                     for stream in feed.streams:
-                        if (b := row.get(id(stream))) is not None and self.session.wants_text(b):
+                        if (b := row.get(stream)) is not None and self.session.wants_text(b):
                             groups[b], got = _failed(feed.error), True
             if got or not all(self.session.wants_text(b) for b in range(len(self.rows))):
                 return groups
@@ -423,11 +423,12 @@ class _DecoderBatch:
         self.voice.forget([self.rows[b] for b in gone])
         keep = self.session.compact(gone)
         self.rows = [self.rows[b] for b in keep]
-        live = {id(s) for s in self.rows}
-        for feed in self.feeds:
-            if not any(id(s) in live for s in feed.streams):
+        live, feeds, self.feeds = set(self.rows), self.feeds, []
+        for feed in feeds:
+            if live.isdisjoint(feed.streams):
                 feed.task.cancel()
-        self.feeds = [f for f in self.feeds if any(id(s) in live for s in f.streams)]
+            else:
+                self.feeds.append(feed)
 
     async def _deliver(self, vocoded: asyncio.Queue) -> None:
         """Hand each vocoded round's chunks to their streams, in round order."""
@@ -510,7 +511,7 @@ class RoundVocoder:
         out = list(items)
         for i, result in zip(todo, results, strict=True):
             stream, chunk = items[i]
-            if _final(chunk) or getattr(stream, "gone", False):
+            if _final(chunk) or stream.gone:
                 self.states.pop(stream, None)
             else:
                 self.states[stream] = result.state

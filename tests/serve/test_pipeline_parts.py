@@ -80,7 +80,7 @@ def test_round_vocoder_chains_states_across_overlapping_rounds():
 
     class Stream:  # what the vocoder reads of a decoder stream; hashed by identity, as the real one
         def __init__(self, wanted: bool) -> None:
-            self.request = SimpleNamespace(speech_output=wanted)
+            self.request, self.gone = SimpleNamespace(speech_output=wanted), False
 
     streams = [Stream(True), Stream(False)]
 
