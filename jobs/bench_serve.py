@@ -11,6 +11,7 @@ first audio ≤ 25 % of the full reply) and writes them as JSON::
     python -m jobs.bench_serve                                  # ≈ 5 minutes on 2 cores
     python -m jobs.bench_serve --requests 4 --concurrency 1 4   # quicker
     python -m jobs.bench_serve --gpu-paper-reduced              # one CUDA GPU: paper widths, 2 layers each
+    python -m jobs.bench_serve --gpu-paper-reduced --serve --concurrency 1 4   # also through Ray Serve
     python -m jobs.bench_serve --gpu-paper-reduced model.encoder.layers=32 model.llm.layers=28 \\
         model.speech_decoder.layers=24                          # the same at full depth
     python -m jobs.bench_serve --gpu-paper-reduced --device cpu --requests 1 --max-tokens 6 \\
@@ -77,6 +78,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", default="outputs/bench_serve.json")
     parser.add_argument("--gpu-paper-reduced", action="store_true", help="reduced paper preset on one GPU")
     parser.add_argument("--device", default="cuda", help="device of --gpu-paper-reduced (cpu: smoke test)")
+    parser.add_argument("--serve", action="store_true", help="--gpu-paper-reduced also through Ray Serve")
+    parser.add_argument("--num-cpus", type=int, default=2, help="logical CPUs of the local Ray cluster")
     parser.add_argument("overrides", nargs="*", help="dotted config overrides for --gpu-paper-reduced")
     return parser.parse_args(argv)
 
@@ -294,6 +297,19 @@ def in_process_batch(responder: Any, data: list, max_tokens: int) -> dict[str, A
     return {"mode": "in-process batch", "concurrency": n, "requests": n, "rps": n / wall, "tokens": tokens}
 
 
+def start_serve(port: int, num_cpus: int) -> str:
+    """A local Ray cluster with Serve's HTTP proxy on loopback ``port``; returns the base URL."""
+    import ray
+    from ray import serve
+
+    env = {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
+    ray.init(
+        address="local", num_cpus=num_cpus, include_dashboard=False, runtime_env={"env_vars": env}, log_to_driver=False
+    )
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    return f"http://127.0.0.1:{port}"
+
+
 def cpu_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     """Tiny preset: paired concurrency-1 runs, then alternating on/off levels."""
     import ray
@@ -307,10 +323,7 @@ def cpu_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     data, warm = every[:n], every[n:]  # the warm-up's clips are never measured: the gateway caches features
     bodies = [chat_body(x, rate, args.max_tokens) for x, rate in data]
     responder = build_responder(load_config("tiny").model)
-    env = {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
-    ray.init(address="local", num_cpus=2, include_dashboard=False, runtime_env={"env_vars": env}, log_to_driver=False)
-    serve.start(http_options={"host": "127.0.0.1", "port": args.port})
-    url = f"http://127.0.0.1:{args.port}"
+    url = start_serve(args.port, args.num_cpus)
     try:
         deploy_apps()
         for mode in APPS:  # warm-up: imports, first batches
@@ -372,24 +385,83 @@ def print_table(rows: list[dict[str, Any]], summary: dict[str, Any]) -> None:
 
 
 def gpu_paper_reduced(args: argparse.Namespace) -> dict[str, Any]:
-    """In-process replies on one GPU with paper widths (2 layers per stack): time to first audio."""
+    """Replies on one GPU with paper widths (2 layers per stack): time to first audio in process and,
+    with ``--serve``, through the app of ``serve/configs/gpu.yaml``, each request in process then through
+    Serve, back to back."""
     import torch
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         message = "--gpu-paper-reduced needs a CUDA GPU, and none is visible (torch.cuda.is_available() is False)"
         print(message, file=sys.stderr)
         raise SystemExit(2)
-    tokens = f"model.generation.max_new_tokens={args.max_tokens}"
-    cfg = load_config("paper", [*REDUCED_PAPER, tokens, *args.overrides])
+    overrides = [*REDUCED_PAPER, f"model.generation.max_new_tokens={args.max_tokens}", *args.overrides]
+    cfg = load_config("paper", overrides)
     with torch.device(args.device):  # random init on the GPU: minutes faster than on the CPU at full depth
         responder = build_responder(cfg.model, device=args.device)
-    dialogues = [[Message("user", audio=AudioInput(x, rate))] for x, rate in clips(max(args.requests, 3))]
+    data = clips(max(args.requests, 3) + 2)
+    dialogues = [[Message("user", audio=AudioInput(x, rate))] for x, rate in data[:-2]]
     timed_events(responder.stream(dialogues[:1]))  # warm-up (kernels, allocator)
-    runs = [timed_events(responder.stream([d])) for d in dialogues]
-    row = summarize(f"paper-reduced {args.device}", 1, runs, sum(r["total"] for r in runs))
-    print_table([row], {})
-    print(f"time to first audio p50: {row['first_audio_p50_ms']:.1f} ms of {row['p50_ms']:.1f} ms per reply")
-    return {"rows": [row], "config": [*REDUCED_PAPER, tokens, *args.overrides], "device": args.device}
+    result: dict[str, Any] = {"config": overrides, "device": args.device}
+    if args.serve:
+        rows, summary = paper_through_serve(args, overrides, responder, data)
+    else:
+        runs = [timed_events(responder.stream([d])) for d in dialogues]
+        rows, summary = [summarize(f"paper-reduced {args.device}", 1, runs, sum(r["total"] for r in runs))], {}
+    print_table(rows, summary)
+    for row in (r for r in rows if r["concurrency"] == 1):
+        print(f"{row['mode']}: first audio p50 {row['first_audio_p50_ms']:.1f} ms of {row['p50_ms']:.1f} ms per reply")
+    if torch.cuda.is_available():
+        result["card"] = torch.cuda.get_device_name()
+    return {**result, "rows": rows, "summary": summary}
+
+
+def deploy_paper_app(args: argparse.Namespace, overrides: list[str]) -> None:
+    """``serve/configs/gpu.yaml`` with random weights and ``overrides``, one replica each, at ``/paper``."""
+    from ray import serve
+
+    from serve.app import build_app
+    from serve.schemas import ServeArgs
+
+    raw = yaml.safe_load(Path("serve/configs/gpu.yaml").read_text())["applications"][0]["args"]
+    raw["model"].update(config="paper", overrides=overrides, weights=None, device=args.device)
+    raw["limits"]["max_completion_tokens"] = max(raw["limits"]["max_completion_tokens"], args.max_tokens)
+    for options in raw["deployments"].values():
+        options.pop("autoscaling_config", None)
+        options["num_replicas"] = 1
+        if not args.device.startswith("cuda"):
+            options["ray_actor_options"]["num_gpus"] = 0
+    serve.run(build_app(ServeArgs.model_validate(raw)), name="bench-paper", route_prefix="/paper")
+
+
+def paper_through_serve(args: argparse.Namespace, overrides: list[str], responder: Any, data: list) -> tuple:
+    """Concurrency 1 paired (in process, then Serve) with overhead per hop; higher levels through Serve."""
+    import ray
+    from ray import serve
+
+    bodies = [chat_body(x, rate, args.max_tokens) for x, rate in data]
+    url = start_serve(args.port, max(args.num_cpus, 8))  # gpu.yaml asks for 8 CPUs in all
+    try:
+        deploy_paper_app(args, overrides)
+        asyncio.run(serve_level(f"{url}/paper", bodies[-2:], 2))  # warm-up: never-measured clips
+        local, remote = [], []
+        for (x, rate), body in zip(data[:-2], bodies[:-2], strict=True):
+            local.append(timed_events(responder.stream([[Message("user", audio=AudioInput(x, rate))]])))
+            remote += asyncio.run(serve_level(f"{url}/paper", [body], 1))[0]
+        rows = [summarize(f"in-process {args.device}", 1, local, sum(r["total"] for r in local))]
+        rows.append(summarize(f"serve {args.device}", 1, remote, sum(r["total"] for r in remote)))
+        for c in (c for c in args.concurrency if c > 1):
+            level = (bodies[:-2] * (2 * c // len(bodies) + 2))[: max(args.requests, 2 * c)]
+            got, wall = asyncio.run(serve_level(f"{url}/paper", level, c))
+            rows.append(summarize(f"serve {args.device}", c, got, wall))
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    hops = 4 + np.array([r["chunks"] for r in remote])
+    extra = np.array([s["total"] - p["total"] for s, p in zip(remote, local, strict=True)])
+    summary = {"first_audio_share": rows[1]["first_audio_share"], "hops_per_request": float(hops.mean())}
+    summary["overhead_per_hop_ms"] = float(np.median(extra * 1000 / hops))
+    summary["first_audio_extra_ms"] = rows[1]["first_audio_p50_ms"] - rows[0]["first_audio_p50_ms"]
+    return rows, {**summary, "met": _met(summary)}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

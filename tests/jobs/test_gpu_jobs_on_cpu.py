@@ -64,3 +64,19 @@ def test_gpu_latency_path_streams_audio_on_cpu(tmp_path):
     (row,) = result["rows"]
     assert result["device"] == "cpu"
     assert 0 < row["first_audio_p50_ms"] <= row["p50_ms"]
+
+
+def test_gpu_latency_through_serve_pairs_each_reply_with_the_in_process_one(tmp_path):
+    """The same path through ``serve/configs/gpu.yaml`` (real Serve HTTP on loopback, GPUs zeroed)."""
+    args = ["jobs.bench_serve", "--gpu-paper-reduced", "--serve", "--device", "cpu", "--requests", "2"]
+    args += ["--max-tokens", "6", "--concurrency", "1", "2", "--port", "8797"]
+    result = run_job(args, tmp_path)
+    local, remote, loaded = result["rows"]
+    assert (local["mode"], remote["mode"], loaded["mode"]) == ("in-process cpu", "serve cpu", "serve cpu")
+    assert (local["requests"], remote["requests"], loaded["concurrency"], loaded["requests"]) == (3, 3, 2, 4)
+    for row in (local, remote, loaded):
+        assert 0 < row["first_audio_p50_ms"] <= row["p50_ms"] and row["audio_chunks"] >= 1
+    summary = result["summary"]
+    assert summary["hops_per_request"] == pytest.approx(4 + remote["audio_chunks"])
+    assert summary["first_audio_share"] == remote["first_audio_share"]
+    assert set(summary["met"]) == {"overhead_per_hop_ms", "first_audio_share"}
