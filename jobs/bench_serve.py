@@ -141,7 +141,8 @@ async def one_request(client: Any, url: str, body: dict[str, Any]) -> dict[str, 
     """Stream one chat reply; time to the first audio delta and to ``[DONE]``."""
     start, first, chunks, tokens = time.perf_counter(), None, 0, 0
     async with client.stream("POST", f"{url}/v1/chat/completions", json=body) as response:
-        response.raise_for_status()
+        if response.is_error:  # the API's error JSON names the problem
+            raise RuntimeError(f"HTTP {response.status_code}: {(await response.aread()).decode()}")
         async for line in response.aiter_lines():
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue
@@ -451,8 +452,15 @@ def paper_through_serve(args: argparse.Namespace, overrides: list[str], responde
         rows.append(summarize(f"serve {args.device}", 1, remote, sum(r["total"] for r in remote)))
         for c in (c for c in args.concurrency if c > 1):
             level = (bodies[:-2] * (2 * c // len(bodies) + 2))[: max(args.requests, 2 * c)]
-            got, wall = asyncio.run(serve_level(f"{url}/paper", level, c))
+            before = decoder_stats("bench-paper")["joined"]
+            try:
+                got, wall = asyncio.run(serve_level(f"{url}/paper", level, c))
+            except RuntimeError as err:  # keep the levels measured so far; name what failed
+                rows.append({"mode": f"serve {args.device}", "concurrency": c, "requests": 0, "error": str(err)})
+                print(f"concurrency {c} failed: {err}", flush=True)
+                continue
             rows.append(summarize(f"serve {args.device}", c, got, wall))
+            rows[-1]["joined_share"] = (decoder_stats("bench-paper")["joined"] - before) / len(got)
     finally:
         serve.shutdown()
         ray.shutdown()

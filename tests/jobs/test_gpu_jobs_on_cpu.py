@@ -74,6 +74,7 @@ def test_gpu_latency_through_serve_pairs_each_reply_with_the_in_process_one(tmp_
     local, remote, loaded = result["rows"]
     assert (local["mode"], remote["mode"], loaded["mode"]) == ("in-process cpu", "serve cpu", "serve cpu")
     assert (local["requests"], remote["requests"], loaded["concurrency"], loaded["requests"]) == (3, 3, 2, 4)
+    assert 0 <= loaded["joined_share"] <= 1
     for row in (local, remote, loaded):
         assert 0 < row["first_audio_p50_ms"] <= row["p50_ms"] and row["audio_chunks"] >= 1
     summary = result["summary"]
