@@ -205,6 +205,10 @@ class MelKMeansCodec(nn.Module):
         hop, transforms = self.hop_length, torchaudio.transforms
         self.mel = transforms.MelSpectrogram(sample_rate, n_fft, hop_length=hop, n_mels=n_mels, pad_mode="constant")
         self.inverse_mel = transforms.InverseMelScale(n_fft // 2 + 1, n_mels, sample_rate, driver="gelsd")
+        # least squares of fb^T x = mel is one matmul with its pseudo-inverse (the minimum-norm solution, as
+        # gelsd gives); CUDA's lstsq has only gels, and batched it takes paths the CPU never does
+        pinv = torch.linalg.pinv(self.inverse_mel.fb.T.double()).float()  # (n_freq, n_mels)
+        self.register_buffer("mel_pinv", pinv, persistent=False)
         self.griffin_lim = transforms.GriffinLim(n_fft, griffin_lim_iters, hop_length=hop, rand_init=False)
         steps = (torch.arange(self.fade_length) + 0.5) / self.fade_length  # (fade,)
         self.register_buffer("fade_ramp", 0.5 - 0.5 * torch.cos(math.pi * steps), persistent=False)
@@ -276,13 +280,9 @@ class MelKMeansCodec(nn.Module):
         return self.codebook[units] + self.decoder(units)
 
     def mel_to_linear(self, power: torch.Tensor) -> torch.Tensor:
-        """Mel power ``(..., n_mels, F)`` → linear power ``(..., n_freq, F)`` by least squares.
-
-        CUDA's ``lstsq`` has only the ``gels`` driver; the filterbank has full row rank, so it gives the
-        same minimum-norm solution as ``gelsd``.
-        """
-        self.inverse_mel.driver = "gels" if power.is_cuda else "gelsd"
-        return self.inverse_mel(power)
+        """Mel power ``(..., n_mels, F)`` → linear power ``(..., n_freq, F)``: torchaudio's
+        ``InverseMelScale`` (least squares, clamped at 0) as one matmul, the same on every device."""
+        return torch.relu(self.mel_pinv @ power)
 
     def synthesize(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Log-mel ``(C + W, n_mels)`` → the last ``W`` units' audio ``(W · hop,)``, tail ``(hop // 2,)``.
