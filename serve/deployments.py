@@ -438,7 +438,9 @@ class _DecoderBatch:
                 chunks = await task
             except Exception as err:  # the round's chunks go out with the error instead of audio
                 chunks = [
-                    (s, dataclasses.replace(c, error=f"vocoding failed: {err}")) for s, c in items if c is not None
+                    (s, dataclasses.replace(c, error=f"vocoding failed: {err}", server_fault=True))
+                    for s, c in items
+                    if c is not None
                 ]
             for stream, chunk in chunks:
                 if chunk is not None and not stream.gone:
@@ -450,7 +452,7 @@ class _DecoderBatch:
 def _failed(error: BaseException | None) -> TextGroup:
     """The group a stream gets when its LLM call ended without finishing it."""
     message = f"the LLM stream failed: {error}" if error else "the LLM stream ended before the reply did"
-    return TextGroup((), (), torch.zeros(0, 0), None, 0, error=message)
+    return TextGroup((), (), torch.zeros(0, 0), None, 0, error=message, server_fault=True)
 
 
 # End of one stream's chunks or one LLM call's groups. Only module-level code may name it: Serve pickles

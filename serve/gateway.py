@@ -10,7 +10,8 @@ pcm16 chunks as they are vocoded); ``POST /v1/audio/emotion`` (extension: ``{"in
 Errors are ``{"error": {"message", "type", "param", "code"}}``: bad input 400 (library ``ValueError`` too),
 bad key 401, body too large 413, over ``max_concurrent_requests`` 429 + ``Retry-After``, a full inner
 queue (``max_queued_requests`` of a deployment) 503 + ``Retry-After``, unknown route 404, anything else
-500 with ``x-should-retry: false``; a failure after streaming began is sent as ``data: {"error": …}``.
+(a stage that fails before the first chunk too, its message kept) 500 with ``x-should-retry: false``; a
+failure after streaming began is sent as ``data: {"error": …}``.
 Each reply logs its time to first audio and total time (logger ``ray.serve``)::
 
     serve run serve/configs/local.yaml
@@ -266,6 +267,8 @@ class Gateway:
         )
         stream = self.decoder.stream.remote(request, alone=self._alone())
         first = await stream.__anext__()  # a ValueError here is answered 400 by the app's handler
+        if first.error is not None and first.server_fault:  # a stage failed: the request was fine
+            raise ApiError(500, first.error, type="server_error", headers={"x-should-retry": "false"})
         if first.error is not None:
             raise ApiError(400, first.error, param="messages")
         emotion = features[-1].emotion_result if plan.messages[-1].audio is not None else None

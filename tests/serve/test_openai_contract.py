@@ -225,6 +225,7 @@ def test_a_reply_the_llm_cannot_start_ends_in_an_error_chunk_and_serving_goes_on
     broken = GenerationRequest(turns=(Turn("user", "hi"),), speech=(rows,), emotion=(emotion,), max_new_tokens=4)
     chunks = list(_decoder().options(stream=True).stream.remote(broken))
     assert len(chunks) == 1 and "the LLM stream failed" in (chunks[0].error or "")
+    assert chunks[0].server_fault  # a failed stage: a first chunk like this is answered 500, not 400
     stats, health = _wait_until_idle(server)
     assert (stats["sessions"], stats["waiting"]) == (0, 0) and health == {"status": "ok", "active_requests": 0}
     assert client.chat.completions.create(model="freezeempath", messages=[spoken()], **AUDIO).choices

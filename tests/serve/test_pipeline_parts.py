@@ -201,6 +201,7 @@ def test_llm_session_sampling_is_per_stream_and_bad_requests_fail_alone(tiny_par
     session = LLMSession(llm, stop, [_request("another one", 5), long_prompt, _request("hello", 7, seed=3)], read=3)
     first = session.step()
     assert first is not None and first[1] is not None and "exceed" in (first[1].error or "")
+    assert not first[1].server_fault  # the request's fault: the gateway answers 400
     together = _run(session)
     assert together[2] == alone[0] and together[1] == []
 

@@ -57,6 +57,7 @@ class TextGroup:
     finish_reason: FinishReason | None
     prompt_tokens: int
     error: str | None = None
+    server_fault: bool = False  # the error is the server's (a failed stage), not the request's
 
 
 @dataclass

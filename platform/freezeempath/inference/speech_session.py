@@ -28,7 +28,8 @@ class SpeechChunk:
     """One stream's output of one round; ``finish_reason`` is set on its last chunk.
 
     ``audio``: the units vocoded, float32 ``(N,)`` at the output rate, when whoever ran the round
-    also vocoded it (the serving decoder does); None otherwise.
+    also vocoded it (the serving decoder does); None otherwise. ``server_fault``: ``error`` comes from a
+    stage that failed (LLM, vocoder), not from the request.
     """
 
     text: str
@@ -39,6 +40,7 @@ class SpeechChunk:
     prompt_tokens: int = 0
     error: str | None = None
     audio: torch.Tensor | None = None
+    server_fault: bool = False
 
 
 class BatchedUnitStreams:
@@ -247,7 +249,7 @@ class SpeechSession:
             return None
         if g is not None and g.error is not None:  # this request failed alone; its stream ends here
             self.phase[b] = _Phase.DONE
-            return SpeechChunk(text="", error=g.error, prompt_tokens=g.prompt_tokens)
+            return SpeechChunk(text="", error=g.error, prompt_tokens=g.prompt_tokens, server_fault=g.server_fault)
         finished = self.finish[b] is not None and (not self.speech[b] or self.units.state[b] is StreamState.FINISHED)
         if finished:
             self.phase[b] = _Phase.DONE
