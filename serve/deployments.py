@@ -112,6 +112,7 @@ class _LLMBatch:
 
     ``make(requests)`` opens the session in a worker thread. The loop runs while streams are live or
     calls wait to join; each step's groups go to their calls, and a call ends once its streams have.
+    A call whose requests cannot join fails alone; a step that fails fails every call.
     """
 
     def __init__(self, make: Any, on_end: Any) -> None:
@@ -146,8 +147,13 @@ class _LLMBatch:
         self.owners += [(c, j) for c in calls for j in range(len(c.requests))]  # so a failure reaches them too
         if self.session is None:
             self.session = await asyncio.to_thread(self.make, requests)
-        else:
+            return
+        try:
             await asyncio.to_thread(self.session.add, requests)
+        except Exception as err:  # these calls fail alone: the session is as it was, its calls go on
+            self.owners = [(c, j) for c, j in self.owners if c not in calls]
+            for call in calls:
+                call.outbox.put_nowait(err)
 
     def _deliver(self, groups: list[TextGroup | None]) -> None:
         """Send each call its streams' groups; end the calls whose streams have all finished or gone."""
@@ -372,9 +378,13 @@ class _DecoderBatch:
         streams = [s for s in streams if not s.gone]
         if not streams:
             return
+        try:
+            self.session.add([s.request.speech_output for s in streams], [s.request.seed for s in streams])
+        except Exception as err:  # these streams fail alone: the rows in flight are as they were
+            _fail(streams, err)
+            return
         self.owner.joined += len(streams) if late and self.rows else 0  # beside replies in flight
-        self.rows += streams  # first: if adding them fails, the batch fails them with the others
-        self.session.add([s.request.speech_output for s in streams], [s.request.seed for s in streams])
+        self.rows += streams
         feed = _Feed(streams)
         feed.task = asyncio.get_running_loop().create_task(self._read(feed))
         self.feeds.append(feed)

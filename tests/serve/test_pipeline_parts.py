@@ -264,6 +264,47 @@ def test_llm_session_streams_join_and_leave_between_steps(tiny_parts):
     assert [*first[1].token_ids, *_run(dropped)[0]] == alone[2]
 
 
+def test_llm_session_a_request_that_cannot_join_leaves_the_running_streams_as_they_were(tiny_parts):
+    _, model = tiny_parts
+    llm, stop = model.llm, model.stop_ids
+    request = _request("hello there, how are you", 9, seed=2)
+    alone = _run(LLMSession(llm, stop, [request], read=3))[0]
+    session = LLMSession(llm, stop, [request], read=3)
+    first = session.step()
+    with pytest.raises(ValueError, match="placeholder"):
+        session.add([_broken_request()])
+    assert len(session.streams) == 1 and session.mask.shape[0] == 1
+    assert first is not None and first[0] is not None and [*first[0].token_ids, *_run(session)[0]] == alone
+
+
+def _broken_request() -> GenerationRequest:
+    """Features for a ``<speech>`` slot the prompt does not have: the LLM cannot prefill it."""
+    return replace(_request("hi", 4), speech=(torch.zeros(3, 32),), emotion=(torch.zeros(1, 32),))
+
+
+def test_an_llm_call_that_cannot_join_fails_alone_and_the_running_call_goes_on():
+    from serve.deployments import LLM
+    from serve.schemas import ModelArgs
+
+    llm = LLM.func_or_class(ModelArgs(config="tiny", device="cpu"))
+    request = _request("hello there", 90, seed=2)
+
+    async def tokens(req, delay=0.0):
+        await asyncio.sleep(delay)
+        return [t async for (group,) in llm.generate([req], batch="k") if group is not None for t in group.token_ids]
+
+    async def run():
+        alone = await tokens(request)
+        running = asyncio.ensure_future(tokens(request))
+        with pytest.raises(ValueError, match="placeholder"):
+            await tokens(_broken_request(), delay=0.01)
+        assert not running.done(), "the broken call must have tried to join the running session"
+        return alone, await running
+
+    alone, survived = asyncio.run(asyncio.wait_for(run(), timeout=120))
+    assert survived == alone and llm.batches == {}
+
+
 def test_llm_calls_with_one_batch_key_share_a_session_and_give_their_replies_alone():
     """``LLM.generate`` (the deployment's class, called directly): a call with the key of a running batch
     joins its session between steps; each call still gets exactly the groups of its own requests."""
@@ -333,7 +374,7 @@ def test_an_llm_call_that_cannot_start_fails_with_an_error_and_the_replica_goes_
     from serve.schemas import ModelArgs
 
     llm = LLM.func_or_class(ModelArgs(config="tiny", device="cpu"))
-    broken = replace(_request("hi", 4), speech=(torch.zeros(3, 32),), emotion=(torch.zeros(1, 32),))  # no slot for it
+    broken = _broken_request()
 
     async def run(request):
         return [groups async for groups in llm.generate([request], batch="k")]

@@ -37,11 +37,11 @@ def pad_left(cache: Any, mask: torch.Tensor, length: int) -> torch.Tensor:
 
 def join_rows(cache: Any, mask: torch.Tensor, other: Any, other_mask: torch.Tensor) -> tuple[Any, torch.Tensor]:
     """``other``'s rows appended after ``cache``'s, the shorter side left-padded; ``(cache, mask (B + B', T))``."""
+    mine, theirs = _layers(cache), _layers(other)
+    if len(mine) != len(theirs):  # checked before either cache changes
+        raise ValueError(f"caches differ in initialised layers: {len(mine)} vs {len(theirs)}")
     length = max(mask.shape[1], other_mask.shape[1])
     mask, other_mask = pad_left(cache, mask, length), pad_left(other, other_mask, length)
-    mine, theirs = _layers(cache), _layers(other)
-    if len(mine) != len(theirs):
-        raise ValueError(f"caches differ in initialised layers: {len(mine)} vs {len(theirs)}")
     for a, b in zip(mine, theirs, strict=True):
         a.keys, a.values = torch.cat([a.keys, b.keys]), torch.cat([a.values, b.values])
     return cache, torch.cat([mask, other_mask])

@@ -109,24 +109,26 @@ class LLMSession:
     def add(self, requests: list[GenerationRequest]) -> None:
         """Streams join as the last ones; their first groups come from the next :meth:`step`.
 
-        Running rows first catch up to fresh logits, so every row samples at the next step.
+        Running rows first catch up to fresh logits, so every row samples at the next step. If the new
+        streams cannot join (their prefill raises), none of them is added and the running ones go on.
         """
         ids = [torch.tensor(render(self.llm.tokenizer, list(r.turns)).input_ids, device=self.device) for r in requests]
-        first, new = len(self.streams), [self._stream(r, x) for r, x in zip(requests, ids, strict=True)]
+        new = [self._stream(r, x) for r, x in zip(requests, ids, strict=True)]
+        valid = [i for i, s in enumerate(new) if s.error is None]
+        if valid:
+            if self._stale and self.rows:
+                self._forward()
+            mask, cache, logits, hidden = self._prefill([requests[i] for i in valid], [ids[i] for i in valid])
+            if self.rows:
+                cache, mask = join_rows(self.cache, self.mask, cache, mask)
+                logits, hidden = torch.cat([self.logits, logits]), torch.cat([self.hidden, hidden])
+        first = len(self.streams)
         self.streams += new
         self._errors += [first + i for i, s in enumerate(new) if s.error is not None]
-        valid = [i for i, s in enumerate(new) if s.error is None]
-        if not valid:
-            return
-        if self._stale and self.rows:
-            self._forward()
-        mask, cache, logits, hidden = self._prefill([requests[i] for i in valid], [ids[i] for i in valid])
-        if self.rows:
-            cache, mask = join_rows(self.cache, self.mask, cache, mask)
-            logits, hidden = torch.cat([self.logits, logits]), torch.cat([self.hidden, hidden])
-        self.mask, self.cache, self.logits, self.hidden = mask, cache, logits, hidden
-        self.rows += [first + i for i in valid]
-        self._stale = False
+        if valid:
+            self.mask, self.cache, self.logits, self.hidden = mask, cache, logits, hidden
+            self.rows += [first + i for i in valid]
+            self._stale = False
 
     def compact(self, drop: set[int] | frozenset[int] = frozenset()) -> list[int]:
         """Remove finished streams (their last group returned) and ``drop``; returns the kept ones' old indices.
