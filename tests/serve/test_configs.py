@@ -38,9 +38,11 @@ def test_every_serve_yaml_validates_and_builds(path):
 def test_gpu_yaml_uses_fractional_gpus_on_one_card():
     raw = yaml.safe_load((ROOT / "serve" / "configs" / "gpu.yaml").read_text())
     args = ServeArgs.model_validate(raw["applications"][0]["args"])
-    parts = ("understanding", "llm", "decoder", "vocoder")
-    gpus = [getattr(args.deployments, n).ray_actor_options.num_gpus for n in parts]
-    assert all(0 < g < 1 for g in gpus) and sum(gpus) <= 1.0
+    parts = [getattr(args.deployments, n) for n in ("understanding", "llm", "decoder", "vocoder")]
+    gpus = [d.ray_actor_options.num_gpus for d in parts]
+    most = [d.autoscaling_config.max_replicas if d.autoscaling_config else d.num_replicas or 1 for d in parts]
+    assert all(0 < g < 1 for g in gpus)
+    assert sum(g * n for g, n in zip(gpus, most, strict=True)) <= 1.0, "every replica autoscaling may start must fit"
     assert args.model.config == "paper"
 
 
