@@ -35,6 +35,14 @@ def test_every_serve_yaml_validates_and_builds(path):
     assert isinstance(build_app(app["args"]), Application)
 
 
+def test_local_yaml_fits_two_cpus_with_every_replica_autoscaling_may_start():
+    raw = yaml.safe_load((ROOT / "serve" / "configs" / "local.yaml").read_text())
+    args = ServeArgs.model_validate(raw["applications"][0]["args"])
+    parts = [getattr(args.deployments, n) for n in ("gateway", "understanding", "llm", "decoder", "vocoder")]
+    most = [d.autoscaling_config.max_replicas if d.autoscaling_config else d.num_replicas or 1 for d in parts]
+    assert sum(d.ray_actor_options.num_cpus * n for d, n in zip(parts, most, strict=True)) <= 2.0
+
+
 def test_gpu_yaml_uses_fractional_gpus_on_one_card():
     raw = yaml.safe_load((ROOT / "serve" / "configs" / "gpu.yaml").read_text())
     args = ServeArgs.model_validate(raw["applications"][0]["args"])
