@@ -118,6 +118,7 @@ class LLMSession:
         if valid:
             if self._stale and self.rows:
                 self._forward()
+                self._stale = False  # fresh logits, whether or not the new streams then join
             mask, cache, logits, hidden = self._prefill([requests[i] for i in valid], [ids[i] for i in valid])
             if self.rows:
                 cache, mask = join_rows(self.cache, self.mask, cache, mask)
