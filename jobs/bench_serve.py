@@ -81,7 +81,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--serve", action="store_true", help="--gpu-paper-reduced also through Ray Serve")
     parser.add_argument("--num-cpus", type=int, default=2, help="logical CPUs of the local Ray cluster")
     parser.add_argument("overrides", nargs="*", help="dotted config overrides for --gpu-paper-reduced")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if (args.serve or args.overrides) and not args.gpu_paper_reduced:
+        parser.error("--serve and config overrides apply to --gpu-paper-reduced only")
+    return args
 
 
 def clips(n: int) -> list[tuple[np.ndarray, int]]:

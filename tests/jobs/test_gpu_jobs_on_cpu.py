@@ -75,3 +75,12 @@ def test_gpu_latency_path_pairs_in_process_replies_with_serve_on_cpu(tmp_path):
     assert summary["hops_per_request"] == pytest.approx(4 + remote["audio_chunks"])
     assert summary["first_audio_share"] == remote["first_audio_share"]
     assert set(summary["met"]) == {"overhead_per_hop_ms", "first_audio_share"}
+
+
+def test_bench_serve_takes_serve_and_overrides_only_with_the_gpu_path():
+    from jobs.bench_serve import parse_args
+
+    assert parse_args(["--gpu-paper-reduced", "--serve", "model.llm.layers=4"]).serve
+    for argv in (["--serve"], ["model.llm.layers=4"]):
+        with pytest.raises(SystemExit):
+            parse_args(argv)
