@@ -339,9 +339,11 @@ class Gateway:
     async def _sse(self, reply: Reply) -> AsyncIterator[str]:
         audio_out = reply.plan.audio_out
         try:
-            yield self._event(reply, {"role": "assistant", "content": None}, x_emotion=_emotion(reply.emotion))
+            # the role event leaves with the first chunk's events (it is ready only when they are): one
+            # message to the proxy less before the first audio
+            events = self._event(reply, {"role": "assistant", "content": None}, x_emotion=_emotion(reply.emotion))
             async for chunk, audio in self._parts(reply):
-                events = ""  # a chunk's transcript and audio events leave in one write: one message to the proxy
+                # a chunk's transcript and audio events leave in one write: one message to the proxy
                 if chunk.text:
                     delta = {"audio": {"id": reply.audio_id, "transcript": chunk.text}} if audio_out else {}
                     events += self._event(reply, delta or {"content": chunk.text})
@@ -350,6 +352,9 @@ class Gateway:
                     events += self._event(reply, {"audio": {"id": reply.audio_id, "data": data}})
                 if events:
                     yield events
+                events = ""
+            if events:  # a reply without chunks
+                yield events
             if audio_out:
                 yield self._event(reply, {"audio": {"id": reply.audio_id, "expires_at": self._store(reply)}})
             yield self._event(reply, {}, finish_reason=reply.finish)
