@@ -175,6 +175,15 @@ async def serve_level(url: str, bodies: list[dict[str, Any]], concurrency: int) 
         return list(runs), time.perf_counter() - start
 
 
+def one_replica_args(config: str) -> dict[str, Any]:
+    """The ``args:`` of ``serve/configs/<config>``, every deployment at one replica (no autoscaling)."""
+    raw = yaml.safe_load(Path("serve/configs", config).read_text())["applications"][0]["args"]
+    for options in raw["deployments"].values():
+        options.pop("autoscaling_config", None)
+        options["num_replicas"] = 1
+    return raw
+
+
 def deploy_apps() -> None:
     """Tiny-preset apps from ``serve/configs/local.yaml``: batching on at ``/on``, off at ``/off``, and on
     with Serve's default transport and threads at ``/defaults``."""
@@ -183,12 +192,10 @@ def deploy_apps() -> None:
     from serve.app import build_app
     from serve.schemas import ServeArgs
 
-    raw = yaml.safe_load(Path("serve/configs/local.yaml").read_text())["applications"][0]["args"]
+    raw = one_replica_args("local.yaml")
     raw["model"].update(config="tiny", device="cpu")
     raw["limits"].update(max_audio_seconds=8, max_concurrent_requests=64)
     for options in raw["deployments"].values():
-        options.pop("autoscaling_config", None)
-        options["num_replicas"] = 1
         options["ray_actor_options"]["num_cpus"] /= len(APPS)  # all apps on 2 logical CPUs; one busy at a time
     for mode, switches in APPS.items():
         args = ServeArgs.model_validate({**raw, **switches})
@@ -426,12 +433,10 @@ def deploy_paper_app(args: argparse.Namespace, overrides: list[str]) -> None:
     from serve.app import build_app
     from serve.schemas import ServeArgs
 
-    raw = yaml.safe_load(Path("serve/configs/gpu.yaml").read_text())["applications"][0]["args"]
+    raw = one_replica_args("gpu.yaml")
     raw["model"].update(config="paper", overrides=overrides, weights=None, device=args.device)
     raw["limits"]["max_completion_tokens"] = max(raw["limits"]["max_completion_tokens"], args.max_tokens)
     for options in raw["deployments"].values():
-        options.pop("autoscaling_config", None)
-        options["num_replicas"] = 1
         if not args.device.startswith("cuda"):
             options["ray_actor_options"]["num_gpus"] = 0
     serve.run(build_app(ServeArgs.model_validate(raw)), name="bench-paper", route_prefix="/paper")

@@ -339,8 +339,8 @@ class Gateway:
     async def _sse(self, reply: Reply) -> AsyncIterator[str]:
         audio_out = reply.plan.audio_out
         try:
-            # the role event leaves with the first chunk's events (it is ready only when they are): one
-            # message to the proxy less before the first audio
+            # the role event leaves with the first chunk's events (``_start`` awaited that chunk, so there
+            # always is one): one message to the proxy less before the first audio
             events = self._event(reply, {"role": "assistant", "content": None}, x_emotion=_emotion(reply.emotion))
             async for chunk, audio in self._parts(reply):
                 # a chunk's transcript and audio events leave in one write: one message to the proxy
@@ -353,8 +353,6 @@ class Gateway:
                 if events:
                     yield events
                 events = ""
-            if events:  # a reply without chunks
-                yield events
             if audio_out:
                 yield self._event(reply, {"audio": {"id": reply.audio_id, "expires_at": self._store(reply)}})
             yield self._event(reply, {}, finish_reason=reply.finish)

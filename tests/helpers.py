@@ -22,6 +22,15 @@ def speech_like(seconds: float, seed: int = 0, rate: int = 16_000) -> torch.Tens
     return (0.3 * wave + 0.01 * torch.randn(t.shape, generator=g)).float()
 
 
+def unslotted_request(hidden: int = 32) -> Any:
+    """A generation request carrying one clip's features but no ``<speech>`` slot: the LLM cannot prefill it."""
+    from freezeempath.data.template import Turn
+    from freezeempath.inference.llm_session import GenerationRequest
+
+    speech, emotion = torch.zeros(3, hidden), torch.zeros(1, hidden)
+    return GenerationRequest(turns=(Turn("user", "hi"),), speech=(speech,), emotion=(emotion,), max_new_tokens=4)
+
+
 EMOTION_CYCLE = ("neutral", "happy", "sad", "angry", "surprised")
 
 

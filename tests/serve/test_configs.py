@@ -35,20 +35,28 @@ def test_every_serve_yaml_validates_and_builds(path):
     assert isinstance(build_app(app["args"]), Application)
 
 
+def _shipped_args(name: str) -> ServeArgs:
+    raw = yaml.safe_load((ROOT / "serve" / "configs" / name).read_text())
+    return ServeArgs.model_validate(raw["applications"][0]["args"])
+
+
+def _most_replicas(deployment) -> int:
+    """Replicas the deployment may run at once (autoscaling's maximum, or its fixed count)."""
+    scaling = deployment.autoscaling_config
+    return scaling.max_replicas if scaling else deployment.num_replicas or 1
+
+
 def test_local_yaml_fits_two_cpus_with_every_replica_autoscaling_may_start():
-    raw = yaml.safe_load((ROOT / "serve" / "configs" / "local.yaml").read_text())
-    args = ServeArgs.model_validate(raw["applications"][0]["args"])
+    args = _shipped_args("local.yaml")
     parts = [getattr(args.deployments, n) for n in ("gateway", "understanding", "llm", "decoder", "vocoder")]
-    most = [d.autoscaling_config.max_replicas if d.autoscaling_config else d.num_replicas or 1 for d in parts]
-    assert sum(d.ray_actor_options.num_cpus * n for d, n in zip(parts, most, strict=True)) <= 2.0
+    assert sum(d.ray_actor_options.num_cpus * _most_replicas(d) for d in parts) <= 2.0
 
 
 def test_gpu_yaml_uses_fractional_gpus_on_one_card():
-    raw = yaml.safe_load((ROOT / "serve" / "configs" / "gpu.yaml").read_text())
-    args = ServeArgs.model_validate(raw["applications"][0]["args"])
+    args = _shipped_args("gpu.yaml")
     parts = [getattr(args.deployments, n) for n in ("understanding", "llm", "decoder", "vocoder")]
     gpus = [d.ray_actor_options.num_gpus for d in parts]
-    most = [d.autoscaling_config.max_replicas if d.autoscaling_config else d.num_replicas or 1 for d in parts]
+    most = [_most_replicas(d) for d in parts]
     assert all(0 < g < 1 for g in gpus)
     assert sum(g * n for g, n in zip(gpus, most, strict=True)) <= 1.0, "every replica autoscaling may start must fit"
     assert args.model.config == "paper"

@@ -20,7 +20,7 @@ import pytest
 import soundfile as sf
 import yaml
 from freezeempath.labels import LABEL_WORDS
-from helpers import ROOT, speech_like
+from helpers import ROOT, speech_like, unslotted_request
 
 pytestmark = pytest.mark.ray
 
@@ -216,18 +216,8 @@ def test_a_reply_joins_a_running_batch_and_equals_itself_alone(server, client):
     assert late.usage.completion_tokens_details.audio_tokens == alone.usage.completion_tokens_details.audio_tokens
 
 
-def _broken_request():
-    """A clip's features but no ``<speech>`` slot for them: the LLM cannot prefill it."""
-    import torch
-    from freezeempath.data.template import Turn
-    from freezeempath.inference.llm_session import GenerationRequest
-
-    rows, emotion = torch.zeros(3, 32), torch.zeros(1, 32)
-    return GenerationRequest(turns=(Turn("user", "hi"),), speech=(rows,), emotion=(emotion,), max_new_tokens=4)
-
-
 def test_a_reply_the_llm_cannot_start_ends_in_an_error_chunk_and_serving_goes_on(server, client):
-    chunks = list(_decoder().options(stream=True).stream.remote(_broken_request()))
+    chunks = list(_decoder().options(stream=True).stream.remote(unslotted_request()))
     assert len(chunks) == 1 and "the LLM stream failed" in (chunks[0].error or "")
     assert chunks[0].server_fault  # a failed stage: a first chunk like this is answered 500, not 400
     stats, health = _wait_until_idle(server)
@@ -243,7 +233,7 @@ def test_a_reply_that_cannot_join_a_running_batch_fails_alone(server):
     running = iter(_decoder().options(stream=True).stream.remote(long))
     first = next(running)
     joined = _decoder().stats.remote().result()["joined"]
-    broken = list(_decoder().options(stream=True).stream.remote(_broken_request()))  # joins, then its LLM call fails
+    broken = list(_decoder().options(stream=True).stream.remote(unslotted_request()))  # joins, then its LLM call fails
     rest = list(running)
     assert _decoder().stats.remote().result()["joined"] == joined + 1
     assert len(broken) == 1 and "the LLM stream failed" in (broken[0].error or "") and broken[0].server_fault

@@ -24,7 +24,7 @@ from freezeempath.inference.vocode import VocodeRequest, vocode_batch
 from freezeempath.model.build import build_speech_decoder
 from freezeempath.model.codec import build_codec
 from freezeempath.model.speech_decoder import StreamState, UnitStream
-from helpers import speech_like
+from helpers import speech_like, unslotted_request
 
 from serve.deployments import RoundVocoder
 
@@ -279,18 +279,13 @@ def test_llm_session_a_request_that_cannot_join_leaves_the_running_streams_as_th
     session = LLMSession(llm, stop, [request], read=3)
     first = session.step()
     with pytest.raises(ValueError, match="placeholder"):
-        session.add([_broken_request()])
+        session.add([unslotted_request()])
     assert len(session.streams) == 1 and session.mask.shape[0] == 1
     assert first is not None and first[0] is not None
     got = [first[0], *groups(session)]
     assert [g.token_ids for g in got] == [g.token_ids for g in alone]
     for mine, theirs in zip(got, alone, strict=True):  # the same context: no position fed twice
         torch.testing.assert_close(mine.hidden, theirs.hidden)
-
-
-def _broken_request() -> GenerationRequest:
-    """Features for a ``<speech>`` slot the prompt does not have: the LLM cannot prefill it."""
-    return replace(_request("hi", 4), speech=(torch.zeros(3, 32),), emotion=(torch.zeros(1, 32),))
 
 
 def test_an_llm_call_that_cannot_join_fails_alone_and_the_running_call_goes_on():
@@ -308,7 +303,7 @@ def test_an_llm_call_that_cannot_join_fails_alone_and_the_running_call_goes_on()
         alone = await tokens(request)
         running = asyncio.ensure_future(tokens(request))
         with pytest.raises(ValueError, match="placeholder"):
-            await tokens(_broken_request(), delay=0.01)
+            await tokens(unslotted_request(), delay=0.01)
         assert not running.done(), "the broken call must have tried to join the running session"
         return alone, await running
 
@@ -385,7 +380,7 @@ def test_an_llm_call_that_cannot_start_fails_with_an_error_and_the_replica_goes_
     from serve.schemas import ModelArgs
 
     llm = LLM.func_or_class(ModelArgs(config="tiny", device="cpu"))
-    broken = _broken_request()
+    broken = unslotted_request()
 
     async def run(request):
         return [groups async for groups in llm.generate([request], batch="k")]
