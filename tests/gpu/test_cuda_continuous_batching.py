@@ -7,8 +7,9 @@ Deselected by default (``-m gpu``). On a GPU machine::
     python -m pytest -m gpu tests/gpu
     FREEZEEMPATH_TEST_DEVICE=cpu python -m pytest -m gpu tests/gpu   # the same checks on the CPU
 
-They look for what the CPU suite cannot see: non-finite cache entries, units outside the codec's range,
-and failures of batched device kernels. Batch company may change bf16 sums on a GPU, so tokens are
+They look for what the CPU suite cannot see: non-finite cache entries (a device kernel giving NaN for a
+left pad or a waiting decoder row, whose queries attend nothing), units outside the codec's range, and
+failures of batched device kernels. Batch company may change bf16 sums on a GPU, so tokens are
 checked for range and finiteness, not for equality with a reply decoded alone.
 """
 
@@ -69,12 +70,16 @@ def _finite(cache: Any) -> bool:
 
 def test_llm_rows_join_and_leave_on_the_device(parts):
     cfg, llm, stop, _, _ = parts
-    session = LLMSession(llm, stop, [_request("tell me a long story", 30, seed=1)], read=3, output_device="cpu")
-    late = [_request("hi", 9, seed=2), _request("how are you today, my friend?", 12, seed=3)]
+    first = [_request("tell me a long story", 30, seed=1), _request("hi", 5, seed=6)]  # left-padded prefill
+    session = LLMSession(llm, stop, first, read=3, output_device="cpu")
+    late = [
+        [_request("hi", 9, seed=2)],
+        [_request("how are you today, my friend?", 12, seed=3), _request("ok", 4, seed=4)],
+    ]
     seen: list[int] = []
     for step in range(100):
-        if step in (1, 3):  # one joins a running session, the next after another step
-            session.add([late[step // 2]])
+        if step in (1, 3):  # one joins a running session; after another step, two with padding between them
+            session.add(late[step // 2])
         groups = session.step()
         if groups is None:
             break
