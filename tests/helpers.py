@@ -31,6 +31,33 @@ def unslotted_request(hidden: int = 32) -> Any:
     return GenerationRequest(turns=(Turn("user", "hi"),), speech=(speech,), emotion=(emotion,), max_new_tokens=4)
 
 
+def nan_where_nothing_attended(model: Any, mask: Any = None) -> list[int]:
+    """Give an HF model an SDPA kernel that returns NaN for a query attending no key, as some CUDA kernels do.
+
+    The model keeps its mask function unless ``mask`` is given. Returns a counter whose one entry grows
+    by the number of such queries the kernel saw.
+    """
+    from transformers import AttentionInterface
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+
+    seen = [0]
+
+    def attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: Any, bias: Any, **kw: Any) -> Any:
+        out, weights = sdpa_attention_forward(module, query, key, value, bias, **kw)  # out (B, Q, H, Dh)
+        if bias is not None:
+            empty = ~bias.any(-1).transpose(1, 2)[..., None]  # bias (B, 1, Q, K) → (B, Q, 1, 1)
+            seen[0] += int(empty.sum())
+            out = out.masked_fill(empty, float("nan"))
+        return out, weights
+
+    name = f"sdpa_nan_where_nothing_attended_{id(seen)}"
+    AttentionInterface.register(name, attention)
+    AttentionMaskInterface.register(name, mask or ALL_MASK_ATTENTION_FUNCTIONS[model.config._attn_implementation])
+    model.set_attn_implementation(name)
+    return seen
+
+
 EMOTION_CYCLE = ("neutral", "happy", "sad", "angry", "surprised")
 
 

@@ -18,13 +18,13 @@ from freezeempath.data.template import Turn
 from freezeempath.inference.audio_io import StreamingResampler, decode_input_audio, encode_audio, pcm16_bytes
 from freezeempath.inference.dialogue import FinishReason
 from freezeempath.inference.llm_session import GenerationRequest, LLMSession
-from freezeempath.inference.parts import build_decoder_part, build_full_model, build_understander
+from freezeempath.inference.parts import build_decoder_part, build_full_model, build_llm_part, build_understander
 from freezeempath.inference.speech_session import BatchedUnitStreams, SpeechChunk, SpeechSession
 from freezeempath.inference.vocode import VocodeRequest, vocode_batch
 from freezeempath.model.build import build_speech_decoder
 from freezeempath.model.codec import build_codec
 from freezeempath.model.speech_decoder import StreamState, UnitStream
-from helpers import speech_like, unslotted_request
+from helpers import nan_where_nothing_attended, speech_like, unslotted_request
 
 from serve.deployments import RoundVocoder
 
@@ -388,3 +388,59 @@ def test_an_llm_call_that_cannot_start_fails_with_an_error_and_the_replica_goes_
     with pytest.raises(ValueError):
         asyncio.run(asyncio.wait_for(run(broken), timeout=60))
     assert llm.batches == {} and asyncio.run(run(_request("hi", 4)))
+
+
+def test_queries_that_attend_nothing_cannot_poison_a_reply(tiny_parts):
+    """Left pads of a batched prefill and a decoder row still waiting for text attend no key.
+
+    With a kernel that gives NaN there (cuDNN, torch's default on Hopper, does), transformers' plain
+    SDPA mask lets the NaN into the caches; the models' own mask keeps them finite, and the replies
+    equal those of the CPU kernel.
+    """
+    from transformers.masking_utils import sdpa_mask
+
+    cfg, model = tiny_parts
+
+    def nan_kernel_parts(mask: Any = None) -> tuple[Any, Any, list[list[int]]]:
+        llm, decoder = build_llm_part(cfg)[0], build_decoder_part(cfg).eval()
+        return llm, decoder, [nan_where_nothing_attended(m, mask) for m in (llm.model, decoder.lm)]
+
+    plain, guarded = nan_kernel_parts(mask=sdpa_mask), nan_kernel_parts()
+    reference = _replies_beside_pads(cfg, model.llm, model.stop_ids, model.speech_decoder)
+    assert reference.finite and all(reference.units)
+    assert not _replies_beside_pads(cfg, plain[0], model.stop_ids, plain[1]).finite
+    assert all(n[0] > 0 for n in plain[2])  # the NaN kernel met such queries in both models
+    assert _replies_beside_pads(cfg, guarded[0], model.stop_ids, guarded[1]) == reference
+    assert all(n[0] == 0 for n in guarded[2])
+
+
+def _replies_beside_pads(cfg: Any, llm: Any, stop: list[int], decoder: Any) -> SimpleNamespace:
+    """Two greedy replies of one left-padded LLM prefill; the second joins the decoder a round late."""
+    sd = cfg.speech_decoder
+    requests = [replace(_request(text, n), temperature=0.0) for text, n in (("hi", 6), ("how are you today?", 9))]
+    text, finite = LLMSession(llm, stop, requests, read=sd.read), []
+    groups, tokens = [[], []], [[], []]
+    while (step := text.step()) is not None:
+        finite.append(_finite(text.cache))
+        for b, group in enumerate(step):
+            groups[b] += [group] if group is not None else []
+            tokens[b] += group.token_ids if group is not None else ()
+    speech, owners, units = SpeechSession(decoder, [True], sd.read, sd.write, 40, 0.0, [1]), [0], [[], []]
+    for round_ in range(200):
+        if round_ == 1:  # joins beside a reply in flight, then waits a round for its first text
+            speech.add([True], [2])
+            owners.append(1)
+        waiting = {1} if round_ == 1 else set()
+        chunks = speech.round([groups[b].pop(0) if groups[b] and b not in waiting else None for b in owners])
+        finite.append(_finite(speech.units.cache))
+        for b, chunk in zip(owners, chunks, strict=True):
+            units[b] += chunk.units if chunk is not None else ()
+        owners = [owners[row] for row in speech.compact()]
+        if not owners:
+            break
+    return SimpleNamespace(tokens=tokens, units=units, finite=all(finite))
+
+
+def _finite(cache: Any) -> bool:
+    layers = getattr(cache, "layers", [])
+    return all(bool(layer.keys.isfinite().all() and layer.values.isfinite().all()) for layer in layers)

@@ -20,6 +20,7 @@ from freezeempath.model.adapter import FrameStackAdapter
 from freezeempath.model.emotion import AuxEmotionHead, EmotionExtractor
 from freezeempath.model.encoder import SpeechEncoder
 from freezeempath.model.llm import FrozenLLM
+from freezeempath.model.masks import every_query_attends
 from freezeempath.model.speech_decoder import SpeechDecoder
 from freezeempath.model.spoken_chat import FreezeEmpathModel
 from freezeempath.train.stages import ParameterCount, Stage, parameter_counts
@@ -131,7 +132,7 @@ def build_llm(cfg: LLMConfig, load_weights: bool) -> FrozenLLM:
         tokenizer = byte_level_chat_tokenizer() if cfg.source == "random" else None
         if tokenizer is not None and len(tokenizer) > cfg.vocab:
             raise ValueError(f"llm.vocab={cfg.vocab} is smaller than the tokenizer ({len(tokenizer)} ids)")
-        return FrozenLLM(AutoModelForCausalLM.from_config(llm_config(cfg)), tokenizer)
+        return FrozenLLM(every_query_attends(AutoModelForCausalLM.from_config(llm_config(cfg))), tokenizer)
     from freezeempath.model import weights
 
     path = weights.resolve_asset(cfg.path)
@@ -141,7 +142,7 @@ def build_llm(cfg: LLMConfig, load_weights: bool) -> FrozenLLM:
         model, tokenizer = weights.load_gguf_causal_lm(path, cfg.file, cache)
     else:
         model, tokenizer = weights.load_hf_causal_lm(path)
-    llm = FrozenLLM(model.float(), tokenizer)
+    llm = FrozenLLM(every_query_attends(model.float()), tokenizer)
     if llm.hidden_size != cfg.hidden:
         raise ValueError(f"llm.hidden={cfg.hidden} but the model at {path} has width {llm.hidden_size}")
     return llm
@@ -168,6 +169,7 @@ def build_speech_decoder(cfg: SpeechDecoderConfig, d_llm: int, text_vocab: int, 
                 max_position_embeddings=4096,
             )
         )
+    every_query_attends(lm)
     d = int(lm.get_input_embeddings().embedding_dim)
     projection: nn.Module = (
         nn.Linear(d_llm, d)

@@ -1,6 +1,9 @@
-"""Masks built from lengths, in one place (adapter slice, emotion mean and pooling, LLM attention)."""
+"""Masks in one place: from lengths (adapter slice, emotion mean and pooling, LLM attention), and the
+SDPA mask of the HF language models (LLM and speech decoder)."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 
@@ -9,3 +12,37 @@ def length_mask(lens: torch.Tensor, max_len: int | None = None) -> torch.Tensor:
     """``(B,)`` lengths → ``(B, T)`` bool mask, True at valid positions."""
     t = int(lens.max()) if max_len is None else max_len
     return torch.arange(t, device=lens.device)[None, :] < lens[:, None]
+
+
+SDPA_ATTENDING = "sdpa_every_query_attends"
+
+
+def sdpa_mask_every_query_attends(*args: Any, **kwargs: Any) -> torch.Tensor | None:
+    """transformers' SDPA mask ``(B, 1, Q, K)``, where a query that attends no key attends every key.
+
+    Such a query (a left pad of a batched prefill; a decoder row with no input yet) has no defined
+    attention output, and some CUDA kernels give NaN for it (cuDNN, torch's default on Hopper). Its row
+    then carries NaN keys and values, and a masked NaN still poisons every later query of that row (a
+    NaN score plus the mask's -inf is NaN). No real query attends it and its output is never read, so
+    opening its mask changes no result (transformers 4.x did the same; 5.x leaves it to the kernel).
+    """
+    from transformers.masking_utils import sdpa_mask
+
+    mask = sdpa_mask(*args, **kwargs)
+    if mask is None or mask.dtype != torch.bool:
+        return mask
+    return mask | ~mask.any(dim=-1, keepdim=True)
+
+
+def every_query_attends(model: Any) -> Any:
+    """Switch an HF model on SDPA to :func:`sdpa_mask_every_query_attends` (same kernel); returns it."""
+    from transformers import AttentionInterface
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    from transformers.masking_utils import AttentionMaskInterface
+
+    if model.config._attn_implementation != "sdpa":
+        return model  # eager masks with a finite minimum; flash kernels take no padded mask
+    AttentionInterface.register(SDPA_ATTENDING, sdpa_attention_forward)
+    AttentionMaskInterface.register(SDPA_ATTENDING, sdpa_mask_every_query_attends)
+    model.set_attn_implementation(SDPA_ATTENDING)
+    return model
