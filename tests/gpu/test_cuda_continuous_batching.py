@@ -8,9 +8,10 @@ Deselected by default (``-m gpu``). On a GPU machine::
     FREEZEEMPATH_TEST_DEVICE=cpu python -m pytest -m gpu tests/gpu   # the same checks on the CPU
 
 They look for what the CPU suite cannot see: non-finite cache entries (a device kernel giving NaN for a
-left pad or a waiting decoder row, whose queries attend nothing), units outside the codec's range, and
-failures of batched device kernels. Batch company may change bf16 sums on a GPU, so tokens are
-checked for range and finiteness, not for equality with a reply decoded alone.
+left pad or a waiting decoder row, whose queries attend nothing), units outside the codec's range,
+failures of batched device kernels, and NaN attention gradients in training (cuDNN's backward case).
+Batch company may change bf16 sums on a GPU, so tokens are checked for range and finiteness, not for
+equality with a reply decoded alone.
 """
 
 from __future__ import annotations
@@ -134,3 +135,26 @@ def test_vocoding_a_round_of_several_streams_on_the_device(parts):
         for result in results:
             assert result.audio.numel() > 0 and bool(torch.isfinite(result.audio).all())
         states = [r.state for r in results]
+
+
+def test_training_attention_gives_finite_query_gradients_on_the_device():
+    """The case where cuDNN attention's backward returned NaN dQ under torch 2.11 on Hopper: a mask, a
+    length ≡ 64 mod 128, and rows whose logsumexp is far below -88.7. Training turns that kernel off."""
+    import math
+
+    import torch.nn.functional as F
+    from freezeempath.model.masks import avoid_cudnn_attention
+
+    if DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU (or FREEZEEMPATH_TEST_DEVICE=cpu)")
+    avoid_cudnn_attention()
+    g = torch.Generator().manual_seed(0)
+    length, dim = 704, 64
+    q, k = (0.1 * torch.randn(1, 1, length, dim, generator=g) for _ in range(2))
+    v = torch.randn(1, 1, length, dim, generator=g)
+    q[..., 0], k[..., 0] = 1.0, -120 * math.sqrt(dim)  # every score near -120
+    q, k, v = (x.to(DEVICE, torch.bfloat16).requires_grad_() for x in (q, k, v))
+    mask = torch.ones(length, length, dtype=torch.bool, device=DEVICE).tril()[None, None]
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    out.backward(torch.randn(out.shape, generator=g).to(out))
+    assert all(bool(torch.isfinite(x.grad).all()) for x in (q, k, v))

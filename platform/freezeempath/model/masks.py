@@ -1,5 +1,5 @@
-"""Masks in one place: from lengths (adapter slice, emotion mean and pooling, LLM attention), and the
-SDPA mask of the HF language models (LLM and speech decoder)."""
+"""Masks in one place: from lengths (adapter slice, emotion mean and pooling, LLM attention), the SDPA
+mask of the HF language models (LLM and speech decoder), and which SDPA kernel training may use."""
 
 from __future__ import annotations
 
@@ -46,3 +46,15 @@ def every_query_attends(model: Any) -> Any:
     AttentionMaskInterface.register(SDPA_ATTENDING, sdpa_mask_every_query_attends)
     model.set_attn_implementation(SDPA_ATTENDING)
     return model
+
+
+def avoid_cudnn_attention() -> None:
+    """Train without cuDNN's SDPA kernel on CUDA (this process); a no-op without a GPU.
+
+    torch 2.11 runs masked SDPA through cuDNN on Hopper, and its backward can return NaN query
+    gradients (padded length ≡ 64 mod 128 with a row's logsumexp below -88.7, as the outlier heads of
+    real LLMs give). The adapter's gradients pass through the frozen LLM's attention, so one such batch
+    would spoil the weights. The memory-efficient kernel computes the same attention.
+    """
+    if torch.cuda.is_available():
+        torch.backends.cuda.enable_cudnn_sdp(False)

@@ -49,10 +49,12 @@ def build_engine(cfg: Config, total_steps: int, model: Any = None) -> tuple[Any,
 
     from freezeempath.model.build import build_model
     from freezeempath.model.checkpoint import load_trained
+    from freezeempath.model.masks import avoid_cudnn_attention
     from freezeempath.train.ds_config import deepspeed_config
     from freezeempath.train.optimizers import make_optimizer, make_scheduler
     from freezeempath.train.stages import apply_stage
 
+    avoid_cudnn_attention()
     stage = Stage(cfg.train.stage)
     model = model if model is not None else build_model(cfg.model)
     for directory in cfg.train.init_from:
