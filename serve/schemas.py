@@ -31,8 +31,16 @@ DECODER_SESSIONS = 16  # decoder batches side by side with batching off (each re
 # Replica settings of ``ServeArgs.low_latency`` (Ray 2.60; part of what RAY_SERVE_THROUGHPUT_OPTIMIZED
 # sets, without its direct ingress on port 8000): user code and handle routers on the replica's own event
 # loop instead of one extra thread and loop each. Safe here because every deployment runs its compute in
-# worker threads (``asyncio.to_thread``), so the loop never blocks on a forward pass.
-LOW_LATENCY_ENV = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0"}
+# worker threads (``asyncio.to_thread``), so the loop never blocks on a forward pass. A replica's gRPC
+# server takes messages up to gRPC's int32 limit instead of its 4 MiB default: a request carries its
+# clips' features at the LLM's width (at paper widths about 0.8 MB per clip; 16 replies joining one
+# LLM call at once sent 12.5 MB on an H100), and an oversized message fails the whole call.
+GRPC_MAX_MESSAGE_BYTES = 2**31 - 1
+LOW_LATENCY_ENV = {
+    "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
+    "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
+    "RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH": str(GRPC_MAX_MESSAGE_BYTES),
+}
 OPENAI_VOICES = ("alloy", "ash", "ballad", "coral", "echo", "fable", "nova", "onyx", "sage", "shimmer", "verse")
 
 

@@ -240,6 +240,27 @@ def test_a_reply_that_cannot_join_a_running_batch_fails_alone(server):
     assert first.error is None and all(c.error is None for c in rest) and rest[-1].finish_reason is not None
 
 
+def test_calls_between_replicas_carry_messages_past_grpcs_default_limit(server):
+    """Low-latency calls go over each replica's gRPC server, whose default limit is 4 MiB; a request's
+    clip features at a 7B LLM's width pass that when several replies join one LLM call."""
+    import torch
+    from ray import serve
+
+    from serve.schemas import ServeArgs
+
+    @serve.deployment(ray_actor_options={"num_cpus": 0, "runtime_env": {"env_vars": ServeArgs().replica_env()}})
+    class Sizes:
+        def numel(self, features: torch.Tensor) -> int:
+            return features.numel()
+
+    features = torch.randn(16, 60, 3584)  # 16 clips of 60 positions each: 13.8 MB
+    handle = serve.run(Sizes.bind(), name="sizes", route_prefix=None).options(_by_reference=False)
+    try:
+        assert handle.numel.remote(features).result(timeout_s=60) == features.numel()
+    finally:
+        serve.delete("sizes")
+
+
 def test_client_timing_out_on_a_whole_reply_leaves_nothing_running(server, client):
     impatient = client.with_options(timeout=0.05)  # hangs up long before a reply could be ready (≈ 0.3 s)
     with pytest.raises(openai.APITimeoutError):
