@@ -393,7 +393,7 @@ def test_an_llm_call_that_cannot_start_fails_with_an_error_and_the_replica_goes_
 def test_queries_that_attend_nothing_cannot_poison_a_reply(tiny_parts):
     """Left pads of a batched prefill and a decoder row still waiting for text attend no key.
 
-    With a kernel that gives NaN there (as reported for cuDNN's on Hopper), transformers' plain
+    With a kernel that gives NaN there (as reported upstream for cuDNN's on Hopper), transformers' plain
     SDPA mask lets the NaN into the caches; the models' own mask keeps them finite, and the replies
     equal those of the CPU kernel.
     """

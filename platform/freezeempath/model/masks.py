@@ -21,11 +21,11 @@ def sdpa_mask_every_query_attends(*args: Any, **kwargs: Any) -> torch.Tensor | N
     """transformers' SDPA mask ``(B, 1, Q, K)``, where a query that attends no key attends every key.
 
     Such a query (a left pad of a batched prefill; a decoder row with no input yet) has no defined
-    attention output, and some CUDA kernels give NaN for it (reported for cuDNN's, which torch 2.11
-    picks for masked SDPA on Hopper). Its row then carries NaN keys and values, and a masked NaN still
-    poisons every later query of that row (a NaN score plus the mask's -inf is NaN). No real query
-    attends it and its output is never read, so opening its mask changes no result (transformers 4.x
-    did the same; 5.x leaves it to the kernel).
+    attention output, and a kernel may give NaN for it (reported upstream for cuDNN's, which torch 2.11
+    picks for masked SDPA on Hopper; on an H100 it gave finite values here). A NaN row would carry NaN
+    keys and values, and a masked NaN still poisons every later query of that row (a NaN score plus
+    the mask's -inf is NaN). No real query attends it and its output is never read, so opening its
+    mask changes no result (transformers 4.x did the same; 5.x leaves it to the kernel).
     """
     from transformers.masking_utils import sdpa_mask
 
