@@ -149,6 +149,32 @@ class AudioStore:
         return item if item is not None and item.expires_at >= time.time() else None
 
 
+class ClipCache:
+    """Understood clips by content hash (re-sent history skips the encoder); the least recently used
+    go past ``capacity`` clips or ``max_bytes`` of features (a 30 s clip is about 2 MB at paper widths)."""
+
+    def __init__(self, capacity: int, max_bytes: int) -> None:
+        self.capacity, self.max_bytes, self.bytes = capacity, max_bytes, 0
+        self.items = OrderedDict[str, ClipFeatures]()
+
+    def get(self, key: str) -> ClipFeatures | None:
+        return self.items.get(key)
+
+    def put(self, key: str, features: ClipFeatures) -> None:
+        """Keep ``features`` as the most recent; drops the least recent past either bound."""
+        if key in self.items:
+            self.items.move_to_end(key)
+            return
+        self.items[key] = features
+        self.bytes += _nbytes(features)
+        while self.items and (len(self.items) > self.capacity or self.bytes > self.max_bytes):
+            self.bytes -= _nbytes(self.items.popitem(last=False)[1])
+
+
+def _nbytes(features: ClipFeatures) -> int:
+    return sum(t.element_size() * t.numel() for t in (features.speech, features.emotion))
+
+
 @dataclass
 class Reply:
     """One chat reply in flight."""
@@ -193,7 +219,8 @@ class Gateway:
         self.temperature, self.seed = gen.generation.temperature, gen.generation.seed
         self.understanding = understanding.options(_by_reference=not args.low_latency)
         self.decoder = decoder.options(stream=True, _by_reference=not args.low_latency)
-        self.store, self.clips = AudioStore(args.limits.max_stored_audio), OrderedDict[str, ClipFeatures]()
+        self.store = AudioStore(args.limits.max_stored_audio)
+        self.clips = ClipCache(args.limits.clip_cache_size, args.limits.clip_cache_bytes)
         self.active = 0  # chat requests in flight (the concurrency limit)
         self.emotions = 0  # emotion requests in flight
 
@@ -277,16 +304,14 @@ class Gateway:
 
     async def _understand(self, clips: list[torch.Tensor], keys: list[str]) -> list[ClipFeatures]:
         """Clip features, from the content-hash cache or one understanding call per clip (batched there)."""
-        todo = [i for i, k in enumerate(keys) if k not in self.clips]
+        cached = [self.clips.get(k) for k in keys]
+        todo = [i for i, f in enumerate(cached) if f is None]
         alone = len(todo) == 1 and self._alone()  # several clips of one request batch together
         found = await asyncio.gather(*(self.understanding.understand.remote(clips[i], alone=alone) for i in todo))
         fresh = dict(zip((keys[i] for i in todo), found, strict=True))
-        result = [fresh[k] if k in fresh else self.clips[k] for k in keys]
+        result = [fresh.get(k, f) for k, f in zip(keys, cached, strict=True)]
         for key, features in zip(keys, result, strict=True):
-            self.clips[key] = features
-            self.clips.move_to_end(key)
-        while len(self.clips) > self.limits.clip_cache_size:
-            self.clips.popitem(last=False)
+            self.clips.put(key, features)
         return result
 
     async def _parts(self, reply: Reply) -> AsyncIterator[tuple[SpeechChunk, torch.Tensor | None]]:

@@ -163,6 +163,7 @@ class Limits(_Strict):
     audio_ttl_s: int = Field(3600, ge=1)  # assistant audio ids resolvable this long
     max_stored_audio: int = Field(10_000, ge=1)
     clip_cache_size: int = Field(256, ge=0)  # understood clips kept by content hash (re-sent history)
+    clip_cache_bytes: int = Field(256 * 2**20, ge=0)  # and at most this much of their features
 
 
 class ServeArgs(_Strict):

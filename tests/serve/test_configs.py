@@ -14,7 +14,7 @@ from ray.serve import Application
 from ray.serve.schema import ServeDeploySchema
 
 from serve.app import build_app
-from serve.gateway import AudioStore, check_api_key
+from serve.gateway import AudioStore, ClipCache, check_api_key
 from serve.schemas import LOW_LATENCY_ENV, ApiError, ChatCompletionRequest, ServeArgs, StoredAudio, chat_plan
 
 CONFIGS = sorted((ROOT / "serve" / "configs").glob("*.yaml"))
@@ -167,3 +167,22 @@ def test_audio_store_expires_and_caps():
     for i in range(3):
         store.put(f"id{i}", StoredAudio("t", expires_at=2**40, voice="", emotion=None, units=0))
     assert store.get("id0") is None and store.get("id2") is not None
+
+
+def test_clip_cache_drops_the_least_recently_used_past_either_bound():
+    import torch
+    from freezeempath.inference.understanding import ClipFeatures
+
+    def clip(rows: int) -> ClipFeatures:  # float32: 4 bytes per value, emotion (1, 8) = 32 bytes
+        return ClipFeatures(torch.zeros(rows, 8), torch.zeros(1, 8), None)  # type: ignore[arg-type]
+
+    cache = ClipCache(capacity=3, max_bytes=3 * 32 + 32 * 10)  # three clips of 2 rows, or one of 10
+    for key in "abc":
+        cache.put(key, clip(2))
+    cache.put("a", clip(2))  # seen again: most recent, not counted twice
+    cache.put("d", clip(2))  # past 3 clips: "b" goes, the least recently used
+    assert [cache.get(k) is not None for k in "abcd"] == [True, False, True, True] and cache.bytes == 3 * 96
+    cache.put("e", clip(10))  # 352 bytes: "c", "a", "d" go until it fits
+    assert list(cache.items) == ["e"] and cache.bytes == 352
+    cache.put("f", clip(20))  # larger than the whole budget: kept by no one
+    assert list(cache.items) == [] and cache.bytes == 0
