@@ -161,12 +161,15 @@ class ClipCache:
         return self.items.get(key)
 
     def put(self, key: str, features: ClipFeatures) -> None:
-        """Keep ``features`` as the most recent; drops the least recent past either bound."""
+        """Keep ``features`` as the most recent; drops the least recent past either bound. Clips larger
+        than the whole byte budget are not kept (nor do they flush the rest)."""
         if key in self.items:
             self.items.move_to_end(key)
             return
+        if (size := _nbytes(features)) > self.max_bytes:
+            return
         self.items[key] = features
-        self.bytes += _nbytes(features)
+        self.bytes += size
         while self.items and (len(self.items) > self.capacity or self.bytes > self.max_bytes):
             self.bytes -= _nbytes(self.items.popitem(last=False)[1])
 

@@ -184,5 +184,5 @@ def test_clip_cache_drops_the_least_recently_used_past_either_bound():
     assert [cache.get(k) is not None for k in "abcd"] == [True, False, True, True] and cache.bytes == 3 * 96
     cache.put("e", clip(10))  # 352 bytes: "c", "a", "d" go until it fits
     assert list(cache.items) == ["e"] and cache.bytes == 352
-    cache.put("f", clip(20))  # larger than the whole budget: kept by no one
-    assert list(cache.items) == [] and cache.bytes == 0
+    cache.put("f", clip(20))  # larger than the whole budget: not kept, and "e" stays
+    assert list(cache.items) == ["e"] and cache.bytes == 352
