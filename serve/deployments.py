@@ -8,6 +8,7 @@ What crosses each hop (all CPU tensors, pickled by Ray)::
     SpeechDecoder ──per round: [VocodeRequest (state, units)] of its streams──▶ Vocoder.vocode_round
     Vocoder.vocode_round ──[VocodeResult (audio at 24 kHz, state)]──▶ SpeechDecoder
     SpeechDecoder.stream ──SpeechChunk (text, ≤ W units, audio, finish)──▶ Gateway
+    SpeechDecoder ──(call id, index) of a stream whose caller left──▶ LLM.drop
 
 ``SpeechUnderstanding`` and ``Vocoder`` batch with ``@serve.batch``. ``SpeechDecoder`` batches
 continuously: a batch takes queued streams at every round boundary, each as a row of its decoder KV
@@ -15,8 +16,8 @@ cache, and opens one LLM call per group of streams it takes, keyed by the batch,
 them into one session between its steps (each reply a row of the LLM's KV cache). Finished streams leave
 both caches. A batch vocodes each round of all its streams in one vocoder call, while it decodes the
 next round, and keeps the streams' vocoder states. A batch belongs to no single request: a caller
-leaving (client disconnect) drops only its own stream, and an LLM call stops once none of its streams
-is left. Run with::
+leaving (client disconnect) drops only its own stream: its LLM row stops (``LLM.drop``) while the call
+serves other streams, and an LLM call stops once none of its streams is left. Run with::
 
     serve run serve/configs/local.yaml
 """
@@ -105,6 +106,7 @@ class _Call:
     requests: list[GenerationRequest]
     outbox: asyncio.Queue = dataclasses.field(default_factory=asyncio.Queue)
     gone: bool = False
+    dropped: set[int] = dataclasses.field(default_factory=set)  # replies whose callers have gone
 
 
 class _LLMBatch:
@@ -160,12 +162,12 @@ class _LLMBatch:
         assert self.session is not None
         out: dict[_Call, list[TextGroup | None]] = {}
         for (call, j), group in zip(self.owners, groups, strict=True):
-            if group is not None and not call.gone:
+            if group is not None and not call.gone and j not in call.dropped:
                 out.setdefault(call, [None] * len(call.requests))[j] = group
         for call, call_groups in out.items():
             call.outbox.put_nowait(call_groups)
         before = {c for c, _ in self.owners}
-        keep = self.session.compact({b for b, (c, _) in enumerate(self.owners) if c.gone})
+        keep = self.session.compact({b for b, (c, j) in enumerate(self.owners) if c.gone or j in c.dropped})
         self.owners = [self.owners[b] for b in keep]
         for call in before - {c for c, _ in self.owners}:
             call.outbox.put_nowait(_END)
@@ -180,19 +182,24 @@ class LLM:
         self.llm, self.stop_ids = build_llm_part(cfg.model, device)
         self.read, self.top_p = cfg.model.speech_decoder.read, cfg.model.generation.top_p
         self.batches: dict[Any, _LLMBatch] = {}
+        self.calls: dict[str, _Call] = {}  # running calls by the caller's id (for ``drop``)
+        self.dropped = 0  # replies stopped by ``drop``
 
     async def generate(
-        self, requests: list[GenerationRequest], batch: str = ""
+        self, requests: list[GenerationRequest], batch: str = "", call_id: str = ""
     ) -> AsyncIterator[list[TextGroup | None]]:
         """Yield each step's groups of ``requests`` (None where a stream has none) until all have ended.
 
         Calls with the same ``batch`` key share one session: a later call's requests join it at the next
         step (the decoder keys its LLM calls by its own batch). Without a key a call runs on its own.
+        With a ``call_id``, :meth:`drop` can stop one of its replies while the others go on.
         """
         key = batch or object()
         if key not in self.batches:
             self.batches[key] = _LLMBatch(self._session, lambda _: self.batches.pop(key, None))
         call, ended = _Call(list(requests)), False
+        if call_id:
+            self.calls[call_id] = call
         self.batches[key].join(call)
         try:
             async for groups in _drain(call.outbox):
@@ -200,6 +207,18 @@ class LLM:
             ended = True
         finally:
             call.gone = not ended
+            self.calls.pop(call_id, None)
+
+    async def drop(self, call_id: str, index: int) -> bool:
+        """Stop generating reply ``index`` of call ``call_id`` (its caller has gone); its row leaves the
+        session at the next step and the call's other replies go on. False when this replica runs no
+        such call (it has ended, or another replica runs it)."""
+        call = self.calls.get(call_id)
+        if call is None or not 0 <= index < len(call.requests) or index in call.dropped:
+            return False
+        call.dropped.add(index)
+        self.dropped += 1
+        return True
 
     def _session(self, requests: list[GenerationRequest]) -> LLMSession:
         return LLMSession(self.llm, self.stop_ids, requests, self.read, self.top_p, "cpu")
@@ -224,6 +243,7 @@ class _Feed:
     ended: bool = False
     error: BaseException | None = None
     task: asyncio.Task | None = None
+    call_id: str = dataclasses.field(default_factory=lambda: uuid.uuid4().hex)
 
 
 @serve.deployment
@@ -244,6 +264,7 @@ class SpeechDecoder:
         cfg, device = _setup(model)
         self.decoder = build_decoder_part(cfg.model, model.weights, device)
         self.llm = llm.options(stream=True, _by_reference=not grpc)
+        self.llm_control = llm.options(_by_reference=not grpc)  # unary calls: ``drop``
         self.vocoder = vocoder.options(_by_reference=not grpc)
         sd = cfg.model.speech_decoder
         self.read, self.write, self.max_units = sd.read, sd.write, sd.max_units
@@ -256,6 +277,8 @@ class SpeechDecoder:
         self.dropped = 0  # streams left mid-reply because their callers had gone
         self.unwaited = 0  # batches opened at once: their first stream came alone
         self.joined = 0  # streams that joined a running batch
+        self.llm_rows_dropped = 0  # LLM rows of gone streams stopped while their call served others
+        self.drop_tasks: set[asyncio.Task] = set()  # ``drop_llm_row`` calls in flight
 
     async def stream(self, request: GenerationRequest, alone: bool = False) -> AsyncIterator[SpeechChunk]:
         """One reply's chunks; the last one carries ``finish_reason`` (or ``error``).
@@ -287,7 +310,20 @@ class SpeechDecoder:
             "dropped": self.dropped,
             "unwaited": self.unwaited,
             "joined": self.joined,
+            "llm_rows_dropped": self.llm_rows_dropped,
         }
+
+    def drop_llm_row(self, call_id: str, index: int) -> None:
+        """Ask the LLM to stop reply ``index`` of call ``call_id`` (its stream has gone, the call's other
+        replies go on); fire and forget: if the LLM cannot, the row runs to its end as before."""
+        task = asyncio.get_running_loop().create_task(self._drop_llm_row(call_id, index))
+        self.drop_tasks.add(task)
+        task.add_done_callback(self.drop_tasks.discard)
+
+    async def _drop_llm_row(self, call_id: str, index: int) -> None:
+        with contextlib.suppress(Exception):
+            if await self.llm_control.drop.remote(call_id, index):
+                self.llm_rows_dropped += 1
 
     def _admit(self) -> None:
         """Open a batch if streams wait, none is gathering, a slot is free and no running batch can take them."""
@@ -391,7 +427,8 @@ class _DecoderBatch:
 
     async def _read(self, feed: _Feed) -> None:
         """Queue one LLM call's step groups for the rounds."""
-        call, ended = self.owner.llm.generate.remote([s.request for s in feed.streams], batch=self.key), False
+        requests = [s.request for s in feed.streams]
+        call, ended = self.owner.llm.generate.remote(requests, batch=self.key, call_id=feed.call_id), False
         try:
             async for groups in call:
                 feed.groups.append(groups)
@@ -427,18 +464,22 @@ class _DecoderBatch:
             await self.arrived.wait()
 
     def _compact(self) -> None:
-        """Drop finished streams' rows and gone streams; stop LLM calls that no stream needs any more."""
+        """Drop finished streams' rows and gone streams; stop LLM calls that no stream needs any more, and
+        the LLM rows of gone streams whose call still serves others."""
         gone = {b for b, s in enumerate(self.rows) if s.gone}
         self.owner.dropped += len(gone)
-        self.voice.forget([self.rows[b] for b in gone])
+        left = [self.rows[b] for b in gone]
+        self.voice.forget(left)
         keep = self.session.compact(gone)
         self.rows = [self.rows[b] for b in keep]
         live, feeds, self.feeds = set(self.rows), self.feeds, []
         for feed in feeds:
             if live.isdisjoint(feed.streams):
                 feed.task.cancel()
-            else:
-                self.feeds.append(feed)
+                continue
+            self.feeds.append(feed)
+            for j in (j for j, s in enumerate(feed.streams) if s in left and not feed.ended):
+                self.owner.drop_llm_row(feed.call_id, j)
 
     async def _deliver(self, vocoded: asyncio.Queue) -> None:
         """Hand each vocoded round's chunks to their streams, in round order."""

@@ -240,6 +240,31 @@ def test_a_reply_that_cannot_join_a_running_batch_fails_alone(server):
     assert first.error is None and all(c.error is None for c in rest) and rest[-1].finish_reason is not None
 
 
+def test_a_caller_leaving_stops_its_llm_row_while_its_call_serves_others(server):
+    """Two replies queued together share one LLM call; the one whose caller leaves has its LLM row
+    stopped (``LLM.drop``), and the other runs to its end."""
+    from freezeempath.data.template import Turn
+    from freezeempath.inference.llm_session import GenerationRequest
+
+    def story(seed: int) -> GenerationRequest:
+        return GenerationRequest(
+            turns=(Turn("user", "tell me a story"),), max_new_tokens=240, temperature=1.0, seed=seed
+        )
+
+    for _ in range(3):  # the second must arrive within the batch's 5 ms wait to share the first's call
+        before = _decoder().stats.remote().result()
+        leaving = _decoder().options(stream=True).stream.remote(story(1))
+        staying = _decoder().options(stream=True).stream.remote(story(2))
+        assert next(iter(leaving)).error is None
+        leaving.cancel()
+        rest = list(staying)
+        after = _decoder().stats.remote().result()
+        assert all(c.error is None for c in rest) and rest[-1].finish_reason is not None
+        if after["joined"] == before["joined"]:  # both opened the batch: one LLM call
+            break
+    assert after["llm_rows_dropped"] == before["llm_rows_dropped"] + 1
+
+
 def test_calls_between_replicas_carry_messages_past_grpcs_default_limit(server):
     """Low-latency calls go over each replica's gRPC server, whose default limit is 4 MiB; a request's
     clip features at a 7B LLM's width pass that when several replies join one LLM call."""

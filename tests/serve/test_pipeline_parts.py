@@ -340,6 +340,42 @@ def test_llm_calls_with_one_batch_key_share_a_session_and_give_their_replies_alo
     assert rows == 2, "the late call must join the running session"
 
 
+def test_dropping_one_reply_of_an_llm_call_stops_its_row_and_the_others_go_on():
+    """``LLM.drop``: the decoder stops the reply of a stream whose caller has gone while the same call
+    still serves other streams; that reply's row leaves the session, the other reply is unchanged."""
+    from serve.deployments import LLM
+    from serve.schemas import ModelArgs
+
+    llm = LLM.func_or_class(ModelArgs(config="tiny", device="cpu"))
+    requests = [_request("hello there", 90, seed=2), _request("tell me more", 40, seed=3)]
+    make, opened = llm._session, []
+
+    def recording(reqs):  # keeps each session's streams as opened, to look at the dropped one's tokens
+        session = make(reqs)
+        opened.append(list(session.streams))
+        return session
+
+    llm._session = recording
+
+    async def run():
+        alone = [t async for (group,) in llm.generate([requests[1]]) if group is not None for t in group.token_ids]
+        kept, queued, after_drop = [], -1, 0
+        async for groups in llm.generate(requests, batch="k", call_id="c"):
+            kept += groups[1].token_ids if groups[1] is not None else ()
+            if queued < 0:  # steps the session had already sent when the drop came may still carry it
+                queued = llm.calls["c"].outbox.qsize()
+                assert await llm.drop("c", 0) and not await llm.drop("c", 0) and not await llm.drop("other", 0)
+            else:
+                after_drop += groups[0] is not None
+        return alone, kept, queued, after_drop
+
+    alone, kept, queued, after_drop = asyncio.run(asyncio.wait_for(run(), timeout=120))
+    dropped = opened[1][0]
+    assert kept == alone and after_drop <= queued and llm.dropped == 1
+    assert not dropped.done and len(dropped.tokens) < 90, "the dropped row must stop, not run to its end"
+    assert llm.calls == {} and llm.batches == {}
+
+
 def test_speech_session_streams_join_and_leave_between_rounds(tiny_parts):
     """A reply's chunks do not depend on when it joins a running session or on who left before it."""
     cfg, model = tiny_parts
