@@ -31,6 +31,12 @@ def unslotted_request(hidden: int = 32) -> Any:
     return GenerationRequest(turns=(Turn("user", "hi"),), speech=(speech,), emotion=(emotion,), max_new_tokens=4)
 
 
+def finite_cache(cache: Any) -> bool:
+    """Whether every filled layer of an HF KV cache holds only finite keys and values."""
+    layers = [layer for layer in getattr(cache, "layers", []) if getattr(layer, "is_initialized", False)]
+    return all(bool(torch.isfinite(x.keys).all() and torch.isfinite(x.values).all()) for x in layers)
+
+
 def nan_where_nothing_attended(model: Any, mask: Any = None) -> list[int]:
     """Give an HF model an SDPA kernel that returns NaN for a query attending no key, as some CUDA kernels do.
 

@@ -27,6 +27,7 @@ from freezeempath.inference.llm_session import GenerationRequest, LLMSession
 from freezeempath.inference.parts import build_codec_part, build_decoder_part, build_llm_part
 from freezeempath.inference.speech_session import SpeechSession
 from freezeempath.inference.vocode import VocodeRequest, vocode_batch
+from helpers import finite_cache
 
 pytestmark = pytest.mark.gpu
 
@@ -64,11 +65,6 @@ def _request(text: str, tokens: int, seed: int) -> GenerationRequest:
     return GenerationRequest(turns=(Turn("user", text),), max_new_tokens=tokens, temperature=1.0, seed=seed)
 
 
-def _finite(cache: Any) -> bool:
-    layers = [layer for layer in getattr(cache, "layers", []) if getattr(layer, "is_initialized", False)]
-    return all(bool(torch.isfinite(x.keys).all() and torch.isfinite(x.values).all()) for x in layers)
-
-
 def test_llm_rows_join_and_leave_on_the_device(parts):
     cfg, llm, stop, _, _ = parts
     first = [_request("tell me a long story", 30, seed=1), _request("hi", 5, seed=6)]  # left-padded prefill
@@ -84,7 +80,7 @@ def test_llm_rows_join_and_leave_on_the_device(parts):
         groups = session.step()
         if groups is None:
             break
-        assert _finite(session.cache), f"non-finite KV cache after step {step}"
+        assert finite_cache(session.cache), f"non-finite KV cache after step {step}"
         for group in groups:
             if group is not None:
                 assert group.error is None and bool(torch.isfinite(group.hidden.float()).all())
@@ -112,7 +108,7 @@ def test_decoder_rows_join_mid_reply_on_the_device(parts):
             owners.append(1)
         text = [queues[b].pop(0) if queues[b] and not (b == 1 and round_ == 2) else None for b in owners]
         chunks = speech.round(text)
-        assert _finite(speech.units.cache), f"non-finite decoder cache after round {round_}"
+        assert finite_cache(speech.units.cache), f"non-finite decoder cache after round {round_}"
         for b, chunk in zip(owners, chunks, strict=True):
             if chunk is not None:
                 assert chunk.error is None

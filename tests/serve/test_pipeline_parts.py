@@ -24,7 +24,7 @@ from freezeempath.inference.vocode import VocodeRequest, vocode_batch
 from freezeempath.model.build import build_speech_decoder
 from freezeempath.model.codec import build_codec
 from freezeempath.model.speech_decoder import StreamState, UnitStream
-from helpers import nan_where_nothing_attended, speech_like, unslotted_request
+from helpers import finite_cache, nan_where_nothing_attended, speech_like, unslotted_request
 
 from serve.deployments import RoundVocoder
 
@@ -457,7 +457,7 @@ def _replies_beside_pads(cfg: Any, llm: Any, stop: list[int], decoder: Any) -> S
     text, finite = LLMSession(llm, stop, requests, read=sd.read), []
     groups, tokens = [[], []], [[], []]
     while (step := text.step()) is not None:
-        finite.append(_finite(text.cache))
+        finite.append(finite_cache(text.cache))
         for b, group in enumerate(step):
             groups[b] += [group] if group is not None else []
             tokens[b] += group.token_ids if group is not None else ()
@@ -468,15 +468,10 @@ def _replies_beside_pads(cfg: Any, llm: Any, stop: list[int], decoder: Any) -> S
             owners.append(1)
         waiting = {1} if round_ == 1 else set()
         chunks = speech.round([groups[b].pop(0) if groups[b] and b not in waiting else None for b in owners])
-        finite.append(_finite(speech.units.cache))
+        finite.append(finite_cache(speech.units.cache))
         for b, chunk in zip(owners, chunks, strict=True):
             units[b] += chunk.units if chunk is not None else ()
         owners = [owners[row] for row in speech.compact()]
         if not owners:
             break
     return SimpleNamespace(tokens=tokens, units=units, finite=all(finite))
-
-
-def _finite(cache: Any) -> bool:
-    layers = getattr(cache, "layers", [])
-    return all(bool(layer.keys.isfinite().all() and layer.values.isfinite().all()) for layer in layers)
