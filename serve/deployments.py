@@ -8,7 +8,7 @@ What crosses each hop (all CPU tensors, pickled by Ray)::
     SpeechDecoder ──per round: [VocodeRequest (state, units)] of its streams──▶ Vocoder.vocode_round
     Vocoder.vocode_round ──[VocodeResult (audio at 24 kHz, state)]──▶ SpeechDecoder
     SpeechDecoder.stream ──SpeechChunk (text, ≤ W units, audio, finish)──▶ Gateway
-    SpeechDecoder ──(call id, index) of a stream whose caller left──▶ LLM.drop
+    SpeechDecoder ──(call id, index) of a stream whose caller left──▶ LLM.drop on every LLM replica
 
 ``SpeechUnderstanding`` and ``Vocoder`` batch with ``@serve.batch``. ``SpeechDecoder`` batches
 continuously: a batch takes queued streams at every round boundary, each as a row of its decoder KV
@@ -264,7 +264,7 @@ class SpeechDecoder:
         cfg, device = _setup(model)
         self.decoder = build_decoder_part(cfg.model, model.weights, device)
         self.llm = llm.options(stream=True, _by_reference=not grpc)
-        self.llm_control = llm.options(_by_reference=not grpc)  # unary calls: ``drop``
+        self.llm_control = llm.options(_by_reference=not grpc)  # broadcasts: ``drop``
         self.vocoder = vocoder.options(_by_reference=not grpc)
         sd = cfg.model.speech_decoder
         self.read, self.write, self.max_units = sd.read, sd.write, sd.max_units
@@ -321,9 +321,11 @@ class SpeechDecoder:
         task.add_done_callback(self.drop_tasks.discard)
 
     async def _drop_llm_row(self, call_id: str, index: int) -> None:
+        # To every LLM replica: only the one running the call holds it (Serve routes by load, not by
+        # call), and drops are rare (a caller leaving mid-reply); the others answer False.
         with contextlib.suppress(Exception):
-            if await self.llm_control.drop.remote(call_id, index):
-                self.llm_rows_dropped += 1
+            held = await self.llm_control.broadcast("drop", call_id, index).results_async(return_exceptions=True)
+            self.llm_rows_dropped += any(r is True for r in held)
 
     def _admit(self) -> None:
         """Open a batch if streams wait, none is gathering, a slot is free and no running batch can take them."""

@@ -29,7 +29,7 @@ MAX_BODY = 2 * 2**20
 
 
 def tiny_args():
-    """``serve/configs/local.yaml`` args with the tiny preset, one replica each and small limits."""
+    """``serve/configs/local.yaml`` args with the tiny preset, one replica each (two LLMs), small limits."""
     from serve.schemas import ServeArgs
 
     args = yaml.safe_load((ROOT / "serve" / "configs" / "local.yaml").read_text())["applications"][0]["args"]
@@ -39,6 +39,8 @@ def tiny_args():
     for options in args["deployments"].values():
         options.pop("autoscaling_config", None)
         options["num_replicas"] = 1
+    # two LLM replicas: a call runs on one of them, and what concerns it (``LLM.drop``) must reach it
+    args["deployments"]["llm"].update(num_replicas=2, ray_actor_options={"num_cpus": 0.25})
     return ServeArgs.model_validate(args)
 
 
@@ -242,7 +244,7 @@ def test_a_reply_that_cannot_join_a_running_batch_fails_alone(server):
 
 def test_a_caller_leaving_stops_its_llm_row_while_its_call_serves_others(server):
     """Two replies queued together share one LLM call; the one whose caller leaves has its LLM row
-    stopped (``LLM.drop``), and the other runs to its end."""
+    stopped (``LLM.drop`` reaches the replica running the call, one of two), and the other runs to its end."""
     from freezeempath.data.template import Turn
     from freezeempath.inference.llm_session import GenerationRequest
 
@@ -251,7 +253,8 @@ def test_a_caller_leaving_stops_its_llm_row_while_its_call_serves_others(server)
             turns=(Turn("user", "tell me a story"),), max_new_tokens=240, temperature=1.0, seed=seed
         )
 
-    for _ in range(3):  # the second must arrive within the batch's 5 ms wait to share the first's call
+    shared = 0  # calls both replies shared; each ran on either LLM replica
+    for _ in range(6):  # the second must arrive within the batch's 5 ms wait to share the first's call
         before = _decoder().stats.remote().result()
         leaving = _decoder().options(stream=True).stream.remote(story(1))
         staying = _decoder().options(stream=True).stream.remote(story(2))
@@ -261,8 +264,11 @@ def test_a_caller_leaving_stops_its_llm_row_while_its_call_serves_others(server)
         after = _decoder().stats.remote().result()
         assert all(c.error is None for c in rest) and rest[-1].finish_reason is not None
         if after["joined"] == before["joined"]:  # both opened the batch: one LLM call
+            assert after["llm_rows_dropped"] == before["llm_rows_dropped"] + 1
+            shared += 1
+        if shared == 2:
             break
-    assert after["llm_rows_dropped"] == before["llm_rows_dropped"] + 1
+    assert shared == 2
 
 
 def test_calls_between_replicas_carry_messages_past_grpcs_default_limit(server):
