@@ -29,6 +29,7 @@ import contextlib
 import contextvars
 import dataclasses
 import logging
+import os
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator
@@ -44,12 +45,33 @@ from freezeempath.inference.vocode import VocodeRequest, VocodeResult, VocoderSt
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from serve.schemas import CONCURRENT_BATCHES, Batching, ModelArgs
+from serve.schemas import CONCURRENT_BATCHES, CPU_PRIORITY_ENV, Batching, ModelArgs
 
 log = logging.getLogger("ray.serve")
 
 
+def set_cpu_priority() -> None:
+    """Give every thread of this process the nice value in ``CPU_PRIORITY_ENV``, if set; threads
+    started later inherit it. Linux nice values are per thread, hence each of ``/proc/self/task``.
+    Ray starts workers at ``RAY_worker_niceness`` (15) on some threads: going below that needs
+    CAP_SYS_NICE, going above does not."""
+    value = os.environ.get(CPU_PRIORITY_ENV)
+    if value is None:
+        return
+    refused = 0
+    for tid in os.listdir("/proc/self/task") if os.path.isdir("/proc/self/task") else ["0"]:
+        try:
+            os.setpriority(os.PRIO_PROCESS, int(tid), int(value))
+        except PermissionError:
+            refused += 1
+        except ProcessLookupError:  # the thread has ended
+            pass
+    if refused:
+        log.warning("CPU priority %s refused on %d threads of this replica (needs CAP_SYS_NICE)", value, refused)
+
+
 def _setup(model: ModelArgs) -> tuple[Config, str]:
+    set_cpu_priority()
     torch.set_num_threads(model.torch_threads)
     return model.resolve(), model.torch_device()
 

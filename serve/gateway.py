@@ -45,6 +45,7 @@ from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException
 
+from serve.deployments import set_cpu_priority
 from serve.schemas import (
     ApiError,
     ChatCompletionRequest,
@@ -216,6 +217,7 @@ class Gateway:
     """The HTTP ingress; holds handles to understanding and the decoder (which vocodes), and the audio-id store."""
 
     def __init__(self, understanding: DeploymentHandle, decoder: DeploymentHandle, args: ServeArgs) -> None:
+        set_cpu_priority()
         self.args, self.keys, self.limits = args, args.keys(), args.limits
         gen = args.model.resolve().model
         self.max_seconds = min(args.limits.max_audio_seconds, gen.encoder.max_input_seconds)

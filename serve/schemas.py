@@ -41,6 +41,7 @@ LOW_LATENCY_ENV = {
     "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
     "RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH": str(GRPC_MAX_MESSAGE_BYTES),
 }
+CPU_PRIORITY_ENV = "FREEZEEMPATH_CPU_PRIORITY"  # a replica's nice value (``DeploymentArgs.cpu_priority``)
 OPENAI_VOICES = ("alloy", "ash", "ballad", "coral", "echo", "fable", "nova", "onyx", "sage", "shimmer", "verse")
 
 
@@ -113,6 +114,9 @@ class DeploymentArgs(_Strict):
     max_ongoing_requests: int = Field(64, ge=1)
     max_queued_requests: int = -1  # -1: unbounded; past it Serve answers 503
     batching: Batching | None = None
+    # nice value of the replica's threads (None: left alone). Where replicas share a node's cores, a lower
+    # value than the LLM's lets a stage the LLM runs ahead of go first; below 0 needs CAP_SYS_NICE
+    cpu_priority: int | None = Field(None, ge=-20, le=19)
 
     @model_validator(mode="after")
     def _one_scaling_mode(self) -> DeploymentArgs:
@@ -127,8 +131,10 @@ class DeploymentArgs(_Strict):
     def serve_options(self, env: dict[str, str] | None = None) -> dict[str, Any]:
         """Keyword arguments for ``Deployment.options``; ``env`` joins the replicas' env vars (the
         deployment's own ``runtime_env.env_vars`` win)."""
-        options = self.model_dump(exclude={"batching"}, exclude_none=True)
+        options = self.model_dump(exclude={"batching", "cpu_priority"}, exclude_none=True)
         actor = self.ray_actor_options.model_dump(exclude_none=True)
+        if self.cpu_priority is not None:
+            env = {**(env or {}), CPU_PRIORITY_ENV: str(self.cpu_priority)}
         if env:
             runtime_env = dict(actor.get("runtime_env") or {})
             runtime_env["env_vars"] = {**env, **runtime_env.get("env_vars", {})}

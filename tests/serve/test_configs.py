@@ -15,7 +15,15 @@ from ray.serve.schema import ServeDeploySchema
 
 from serve.app import build_app
 from serve.gateway import AudioStore, ClipCache, check_api_key
-from serve.schemas import LOW_LATENCY_ENV, ApiError, ChatCompletionRequest, ServeArgs, StoredAudio, chat_plan
+from serve.schemas import (
+    CPU_PRIORITY_ENV,
+    LOW_LATENCY_ENV,
+    ApiError,
+    ChatCompletionRequest,
+    ServeArgs,
+    StoredAudio,
+    chat_plan,
+)
 
 CONFIGS = sorted((ROOT / "serve" / "configs").glob("*.yaml"))
 
@@ -82,6 +90,22 @@ def test_low_latency_env_joins_each_deployments_runtime_env():
     assert vocoder["runtime_env"] == {"env_vars": LOW_LATENCY_ENV}
     defaults = ServeArgs(low_latency=False)
     assert "runtime_env" not in defaults.deployments.vocoder.serve_options(defaults.replica_env())["ray_actor_options"]
+
+
+def test_cpu_priority_reaches_its_replicas_env_and_is_a_nice_value():
+    args = ServeArgs.model_validate({"deployments": {"llm": {"cpu_priority": 19}}})
+    llm = args.deployments.llm.serve_options(args.replica_env())
+    assert "cpu_priority" not in llm  # not a Serve option: the replica sets it on its threads
+    assert llm["ray_actor_options"]["runtime_env"]["env_vars"] == {**LOW_LATENCY_ENV, CPU_PRIORITY_ENV: "19"}
+    assert (
+        CPU_PRIORITY_ENV
+        not in args.deployments.vocoder.serve_options(args.replica_env())["ray_actor_options"]["runtime_env"][
+            "env_vars"
+        ]
+    )
+    for bad in (20, -21):
+        with pytest.raises(ValueError, match="cpu_priority"):
+            ServeArgs.model_validate({"deployments": {"llm": {"cpu_priority": bad}}})
 
 
 def test_api_keys_from_args_and_environment(monkeypatch):

@@ -13,6 +13,7 @@ import json
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import openai
@@ -269,6 +270,30 @@ def test_a_caller_leaving_stops_its_llm_row_while_its_call_serves_others(server)
         if shared == 2:
             break
     assert shared == 2
+
+
+def _thread_nice(deployment: str) -> dict[int, set[int]]:
+    """Nice values of each thread, by process, of this app's ``deployment`` replicas (Ray's process titles)."""
+    found = {}
+    for proc in (p for p in Path("/proc").iterdir() if p.name.isdigit()):
+        try:
+            if f"ServeReplica:freezeempath:{deployment}" in (proc / "cmdline").read_text():
+                stats = [(t / "stat").read_text() for t in (proc / "task").iterdir()]
+                found[int(proc.name)] = {int(x.rsplit(")", 1)[1].split()[16]) for x in stats}
+        except OSError:  # the process or thread has ended
+            continue
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads thread priorities from Linux /proc")
+def test_llm_replicas_run_every_thread_at_their_cpu_priority(server, client):
+    """local.yaml's ``llm.cpu_priority`` reaches every thread of both LLM replicas, those started while
+    serving too; the stages the LLM runs ahead of keep Ray's own priorities."""
+    assert tiny_args().deployments.llm.cpu_priority == 19
+    assert client.chat.completions.create(model="freezeempath", messages=[spoken()], **AUDIO).choices
+    llm, vocoder = _thread_nice("LLM"), _thread_nice("Vocoder")
+    assert len(llm) == 2 and all(values == {19} for values in llm.values())
+    assert len(vocoder) == 1 and 19 not in next(iter(vocoder.values()))
 
 
 def test_calls_between_replicas_carry_messages_past_grpcs_default_limit(server):
