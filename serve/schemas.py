@@ -114,8 +114,9 @@ class DeploymentArgs(_Strict):
     max_ongoing_requests: int = Field(64, ge=1)
     max_queued_requests: int = -1  # -1: unbounded; past it Serve answers 503
     batching: Batching | None = None
-    # nice value of the replica's threads (None: left alone). Where replicas share a node's cores, a lower
-    # value than the LLM's lets a stage the LLM runs ahead of go first; below 0 needs CAP_SYS_NICE
+    # nice value of the replica's threads (None: Ray's, 15). Where replicas share a node's cores, a higher
+    # one for the LLM, which runs ahead of the decoder and vocoder, lets them go first; below 15 needs
+    # CAP_SYS_NICE
     cpu_priority: int | None = Field(None, ge=-20, le=19)
 
     @model_validator(mode="after")

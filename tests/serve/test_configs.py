@@ -97,12 +97,8 @@ def test_cpu_priority_reaches_its_replicas_env_and_is_a_nice_value():
     llm = args.deployments.llm.serve_options(args.replica_env())
     assert "cpu_priority" not in llm  # not a Serve option: the replica sets it on its threads
     assert llm["ray_actor_options"]["runtime_env"]["env_vars"] == {**LOW_LATENCY_ENV, CPU_PRIORITY_ENV: "19"}
-    assert (
-        CPU_PRIORITY_ENV
-        not in args.deployments.vocoder.serve_options(args.replica_env())["ray_actor_options"]["runtime_env"][
-            "env_vars"
-        ]
-    )
+    vocoder = args.deployments.vocoder.serve_options(args.replica_env())["ray_actor_options"]
+    assert CPU_PRIORITY_ENV not in vocoder["runtime_env"]["env_vars"]
     for bad in (20, -21):
         with pytest.raises(ValueError, match="cpu_priority"):
             ServeArgs.model_validate({"deployments": {"llm": {"cpu_priority": bad}}})
