@@ -285,8 +285,7 @@ class SpeechDecoder:
     ) -> None:
         cfg, device = _setup(model)
         self.decoder = build_decoder_part(cfg.model, model.weights, device)
-        self.llm = llm.options(stream=True, _by_reference=not grpc)
-        self.llm_control = llm.options(_by_reference=not grpc)  # broadcasts: ``drop``
+        self.llm = llm.options(stream=True, _by_reference=not grpc)  # also broadcasts ``drop`` (unary)
         self.vocoder = vocoder.options(_by_reference=not grpc)
         sd = cfg.model.speech_decoder
         self.read, self.write, self.max_units = sd.read, sd.write, sd.max_units
@@ -346,7 +345,7 @@ class SpeechDecoder:
         # To every LLM replica: only the one running the call holds it (Serve routes by load, not by
         # call), and drops are rare (a caller leaving mid-reply); the others answer False.
         with contextlib.suppress(Exception):
-            held = await self.llm_control.broadcast("drop", call_id, index).results_async(return_exceptions=True)
+            held = await self.llm.broadcast("drop", call_id, index).results_async(return_exceptions=True)
             self.llm_rows_dropped += any(r is True for r in held)
 
     def _admit(self) -> None:
