@@ -29,6 +29,7 @@ class SpeechChatBatch:
         reply_hidden: ``(B, n, D_llm)`` cached LLM states of the reply tokens (stage 3 from cache), or None.
         reply_tokens: ``(B, n)`` the reply tokens those states predicted, or None.
         reply_lens: ``(B,)`` valid reply tokens, or None.
+        row_ids: the shard ``id`` of each of the ``B`` rows (training: the rows a step consumed), or ().
     """
 
     mel: torch.Tensor
@@ -43,6 +44,7 @@ class SpeechChatBatch:
     reply_hidden: torch.Tensor | None = None
     reply_tokens: torch.Tensor | None = None
     reply_lens: torch.Tensor | None = None
+    row_ids: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -67,6 +67,7 @@ def test_collate_builds_stage_batches(stage, tmp_path):
     tok = byte_level_chat_tokenizer()
     b = Collator(tok, stage, 800)(batch)
     assert b.mel.shape == (3, 80, 800) and len(b.input_ids) == 3
+    assert b.row_ids == tuple(batch["id"]) and sorted(b.row_ids) == ["u000", "u001", "u002"]
     replies = [tok.decode([t for t in lab.tolist() if t != IGNORE_INDEX]) for lab in b.labels]
     if stage is Stage.S2A:
         assert [r.split("<")[0] for r in replies] == ["neutral", "happy", "sad"]

@@ -46,6 +46,10 @@ def test_stage_matrix_covers_every_stage_under_both_zero_modes():
     assert sorted(STAGE_ZERO + STAGE_ZERO_DIRECT) == sorted((s.value, z) for s in Stage for z in (2, 3))
 
 
+def read_rows(path):
+    return [json.loads(x) for x in path.read_text().splitlines()]
+
+
 def read_steps(out):
     return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
 
@@ -78,22 +82,34 @@ def test_stage_trains_with_frozen_parts_unchanged(ray_local, tmp_path, shards, s
     assert changed == set(Stage(stage).trainable)
 
 
-def test_killed_worker_resumes_without_repeating_or_losing_steps(ray_local, tmp_path, shards):
+def test_killed_worker_resumes_without_repeating_or_losing_steps_or_rows(ray_local, tmp_path, shards):
+    # an epoch is 3 steps of 2 × 2 rows (12 good rows); rank 0 dies after step 4, one step into epoch 2
     cfg = tiny_train_cfg(
         tmp_path,
         shards,
         "s1",
         2,
-        "train.max_steps=4",
+        "train.epochs=2",
+        "train.max_steps=5",
         "train.checkpoint_every=1",
-        "train.crash_after_step=2",
+        "train.crash_after_step=4",
         "train.max_failures=1",
-        "train.global_batch=2",
+        "train.global_batch=4",
+        "train.micro_batch=2",
         "train.grad_accum=1",
     )
     summary = run_training(cfg)
     steps = [r["step"] for r in read_steps(tmp_path / "out")]
     events = [json.loads(x) for x in (tmp_path / "out" / "events.jsonl").read_text().splitlines()]
-    assert summary.steps == 4
-    assert steps == [1, 2, 3, 4], steps
-    assert len(events) == 1 and 1 <= events[0]["step"] <= 2  # resumed from a checkpoint at or before the crash
+    assert summary.steps == 5
+    assert steps == [1, 2, 3, 4, 5], steps
+    assert len(events) == 1 and 3 <= events[0]["step"] <= 4  # resumed from a checkpoint at or before the crash
+    # each rank trained on each of its micro-batches once; epoch 1 took every good row once
+    logs = [read_rows(tmp_path / "out" / "rows" / f"rank{r}.jsonl") for r in (0, 1)]
+    for log in logs:
+        assert [(x["epoch"], x["micro"]) for x in log] == [(0, 1), (0, 2), (0, 3), (1, 1), (1, 2)]
+    assert sorted(i for log in logs for x in log[:3] for i in x["ids"]) == [f"u{i:03d}" for i in range(12)]
+    # every epoch streams the same rows in the same order, so after the restart (a new Ray Data execution)
+    # each rank skipped exactly the rows it had consumed: its epoch 2 so far is its epoch 1's beginning
+    for log in logs:
+        assert [x["ids"] for x in log[3:]] == [x["ids"] for x in log[:2]]

@@ -74,6 +74,7 @@ class Collator(NumpyBatchCollateFn):
             emotion_labels=emotion_labels,
             units=units,
             unit_lens=unit_lens,
+            row_ids=_row_ids(batch),
         )
 
     def _cached(self, batch: dict[str, Any]) -> SpeechChatBatch:
@@ -96,6 +97,7 @@ class Collator(NumpyBatchCollateFn):
             reply_hidden=hidden,
             reply_tokens=tokens,
             reply_lens=lens,
+            row_ids=_row_ids(batch),
         )
 
     def _turn(self, batch: dict[str, Any], i: int) -> Turn:
@@ -125,6 +127,10 @@ def _text(batch: dict[str, Any], key: str, i: int) -> str:
         return ""
     value = batch[key][i]
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _row_ids(batch: dict[str, Any]) -> tuple[str, ...]:
+    return tuple(str(x) for x in batch["id"])
 
 
 def _label(batch: dict[str, Any], i: int) -> int:

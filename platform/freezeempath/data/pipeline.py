@@ -170,10 +170,16 @@ def sort_by_length(batch: dict[str, Any]) -> dict[str, Any]:
 
 
 def read_shards(cfg: Config, paths: list[str], columns: list[str]) -> Any:
-    """``read_parquet`` with seeded file shuffling and fractional CPUs per read task."""
+    """``read_parquet`` with seeded file shuffling and fractional CPUs per read task.
+
+    The seeded file order is the same in every epoch: Ray would reseed per execution, and a worker group
+    restarted mid-epoch starts a new execution count, so its epoch would stream other rows than the
+    checkpoint's skip count refers to (with ``preserve_order`` at ingest, the row order is fixed too).
+    """
     import ray
 
-    shuffle = ray.data.FileShuffleConfig(seed=cfg.data.shuffle_seed) if cfg.data.shuffle_seed >= 0 else None
+    seed = cfg.data.shuffle_seed
+    shuffle = ray.data.FileShuffleConfig(seed=seed, reseed_after_execution=False) if seed >= 0 else None
     context = ray.data.DataContext.get_current()
     v2, context.use_datasource_v2 = context.use_datasource_v2, False
     try:  # the V2 reader's file-listing task always asks for a whole CPU and starves next to Train workers

@@ -2,8 +2,10 @@
 
 In: the config as a plain dict (typed again here). Out: DeepSpeed resume checkpoints and per-step
 metrics reported through ``ray.train.report`` on every rank, and at the end the exported artefact
-(trained weights only + ``config.yaml``) written by rank 0. A restarted worker group resumes from the
-last reported checkpoint and skips the micro-batches of the epoch it had already consumed.
+(trained weights only + ``config.yaml``) written by rank 0; each rank logs the row ids of every
+micro-batch it trains on. A restarted worker group resumes from the last reported checkpoint and skips
+the micro-batches of the epoch it had already consumed: the same rows, since ingest keeps one row order
+(``train.run.ingest_options``, ``data.pipeline.read_shards``).
 """
 
 from __future__ import annotations
@@ -88,6 +90,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     frozen_before = frozen_digest(model, cfg)
     progress = resume(engine)
     fresh = progress == Progress()
+    rows = rows_log(cfg)
+    truncate_rows(rows, progress)  # a fresh run starts it empty
     if not fresh:
         truncate_metrics(cfg, progress)
     weights = loss_weights(stage, cfg.model.emotion.aux_weight)
@@ -105,6 +109,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             engine.backward(loss.total)
             engine.step()
             progress.micro += 1
+            log_rows(rows, progress, batch.row_ids)
             meter.micro_step(loss, out, batch)
             if engine.is_gradient_accumulation_boundary():
                 progress.step += 1
@@ -168,6 +173,36 @@ def truncate_metrics(cfg: Config, progress: Progress) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows if r["step"] <= progress.step))
     with (out / "events.jsonl").open("a") as f:
         f.write(json.dumps({"event": "resumed", **vars(progress)}) + "\n")
+
+
+def rows_log(cfg: Config) -> Path:
+    """``output_dir/rows/rank<r>.jsonl``: one line per micro-batch this rank trained on (epoch, micro, ids)."""
+    import ray.train
+
+    folder = Path(cfg.output_dir) / "rows"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / f"rank{ray.train.get_context().get_world_rank()}.jsonl"
+
+
+def log_rows(path: Path, progress: Progress, ids: tuple[str, ...]) -> None:
+    """Append the micro-batch just consumed (``progress.micro`` counts it)."""
+    import json
+
+    with path.open("a") as f:
+        f.write(json.dumps({"epoch": progress.epoch, "micro": progress.micro, "ids": list(ids)}) + "\n")
+
+
+def truncate_rows(path: Path, progress: Progress) -> None:
+    """After a restart, drop micro-batches past the resumed checkpoint: this rank consumes them again."""
+    import json
+
+    lines = path.read_text().splitlines() if path.exists() else []
+    kept = [x for x in lines if _consumed_by(json.loads(x), progress)]
+    path.write_text("".join(x + "\n" for x in kept))
+
+
+def _consumed_by(row: dict[str, Any], progress: Progress) -> bool:
+    return (row["epoch"], row["micro"]) <= (progress.epoch, progress.micro)
 
 
 def log_metrics(cfg: Config, metrics: dict[str, float]) -> None:
