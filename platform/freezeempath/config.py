@@ -192,6 +192,7 @@ class DataConfig:
     """Input blocks queued per feature actor. Ray Data's default (2) left the actors idle between blocks."""
     read_cpus: float = 0.25
     shuffle_seed: int = 0
+    """Seed of the shard order, the same in every epoch (a restart mid-epoch relies on it); < 0: path order."""
     shard_rows: int = 256
     """Rows per Parquet shard written by ``jobs.prepare``."""
     validation_fraction: float = 0.1
