@@ -70,6 +70,10 @@ def test_stage_trains_with_frozen_parts_unchanged(ray_local, tmp_path, shards, s
     assert frozen["unchanged"] and frozen["before"] == frozen["after"]
     rows = read_steps(out)
     assert [r["step"] for r in rows] == [1, 2]
+    trained = [read_rows(out / "rows" / f"rank{r}.jsonl") for r in (0, 1)]  # 2 steps of grad_accum micro-batches
+    assert all([x["micro"] for x in log] == list(range(1, 2 * cfg.train.grad_accum + 1)) for log in trained)
+    ids = [i for log in trained for x in log for i in x["ids"]]
+    assert len(ids) == len(set(ids)) == 2 * cfg.train.global_batch and all(i.startswith("u") for i in ids)
     rate = "units_per_s" if Stage(stage).speech_stage else "tokens_per_s"
     assert all(0.0 <= r["data_wait_fraction"] <= 1.0 and r[rate] > 0 for r in rows)
     if stage == "s2a":

@@ -107,11 +107,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             out = engine(batch, stage)
             loss = total_loss(out, weights)
             engine.backward(loss.total)
+            # asked before step(): afterwards DeepSpeed's answer is about the next micro-batch
+            boundary = engine.is_gradient_accumulation_boundary()
             engine.step()
             progress.micro += 1
             log_rows(rows, progress, batch.row_ids)
             meter.micro_step(loss, out, batch)
-            if engine.is_gradient_accumulation_boundary():
+            if boundary:
                 progress.step += 1
                 metrics = meter.finish_step(progress, engine.get_lr()[0])
                 log_metrics(cfg, metrics)
