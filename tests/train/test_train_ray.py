@@ -46,12 +46,12 @@ def test_stage_matrix_covers_every_stage_under_both_zero_modes():
     assert sorted(STAGE_ZERO + STAGE_ZERO_DIRECT) == sorted((s.value, z) for s in Stage for z in (2, 3))
 
 
-def read_rows(path):
+def read_jsonl(path):
     return [json.loads(x) for x in path.read_text().splitlines()]
 
 
 def read_steps(out):
-    return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    return read_jsonl(out / "metrics.jsonl")
 
 
 STAGE_ZERO = STAGE_ZERO_RAY  # the other mode of each stage: test_zero_matrix.py
@@ -70,7 +70,7 @@ def test_stage_trains_with_frozen_parts_unchanged(ray_local, tmp_path, shards, s
     assert frozen["unchanged"] and frozen["before"] == frozen["after"]
     rows = read_steps(out)
     assert [r["step"] for r in rows] == [1, 2]
-    trained = [read_rows(out / "rows" / f"rank{r}.jsonl") for r in (0, 1)]  # 2 steps of grad_accum micro-batches
+    trained = [read_jsonl(out / "rows" / f"rank{r}.jsonl") for r in (0, 1)]  # 2 steps of grad_accum micro-batches
     assert all([x["micro"] for x in log] == list(range(1, 2 * cfg.train.grad_accum + 1)) for log in trained)
     ids = [i for log in trained for x in log for i in x["ids"]]
     assert len(ids) == len(set(ids)) == 2 * cfg.train.global_batch and all(i.startswith("u") for i in ids)
@@ -104,12 +104,12 @@ def test_killed_worker_resumes_without_repeating_or_losing_steps_or_rows(ray_loc
     )
     summary = run_training(cfg)
     steps = [r["step"] for r in read_steps(tmp_path / "out")]
-    events = [json.loads(x) for x in (tmp_path / "out" / "events.jsonl").read_text().splitlines()]
+    events = read_jsonl(tmp_path / "out" / "events.jsonl")
     assert summary.steps == 5
     assert steps == [1, 2, 3, 4, 5], steps
     assert len(events) == 1 and 3 <= events[0]["step"] <= 4  # resumed from a checkpoint at or before the crash
     # each rank trained on each of its micro-batches once; epoch 1 took every good row once
-    logs = [read_rows(tmp_path / "out" / "rows" / f"rank{r}.jsonl") for r in (0, 1)]
+    logs = [read_jsonl(tmp_path / "out" / "rows" / f"rank{r}.jsonl") for r in (0, 1)]
     for log in logs:
         assert [(x["epoch"], x["micro"]) for x in log] == [(0, 1), (0, 2), (0, 3), (1, 1), (1, 2)]
     assert sorted(i for log in logs for x in log[:3] for i in x["ids"]) == [f"u{i:03d}" for i in range(12)]
