@@ -10,11 +10,13 @@ the micro-batches of the epoch it had already consumed: the same rows, since ing
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -163,18 +165,13 @@ def _crash_rank_zero() -> None:
 
 def truncate_metrics(cfg: Config, progress: Progress) -> None:
     """After a restart, drop logged steps past the resumed checkpoint (they are redone) and note the resume."""
-    import json
-
     import ray.train
 
     if ray.train.get_context().get_world_rank() != 0:
         return
     out = Path(cfg.output_dir)
-    path = out / "metrics.jsonl"
-    rows = [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows if r["step"] <= progress.step))
-    with (out / "events.jsonl").open("a") as f:
-        f.write(json.dumps({"event": "resumed", **vars(progress)}) + "\n")
+    _keep_jsonl(out / "metrics.jsonl", lambda row: row["step"] <= progress.step)
+    _append_jsonl(out / "events.jsonl", {"event": "resumed", **vars(progress)})
 
 
 def rows_log(cfg: Config) -> Path:
@@ -188,36 +185,33 @@ def rows_log(cfg: Config) -> Path:
 
 def log_rows(path: Path, progress: Progress, ids: tuple[str, ...]) -> None:
     """Append the micro-batch just consumed (``progress.micro`` counts it)."""
-    import json
-
-    with path.open("a") as f:
-        f.write(json.dumps({"epoch": progress.epoch, "micro": progress.micro, "ids": list(ids)}) + "\n")
+    _append_jsonl(path, {"epoch": progress.epoch, "micro": progress.micro, "ids": list(ids)})
 
 
 def truncate_rows(path: Path, progress: Progress) -> None:
     """After a restart, drop micro-batches past the resumed checkpoint: this rank consumes them again."""
-    import json
-
-    lines = path.read_text().splitlines() if path.exists() else []
-    kept = [x for x in lines if _consumed_by(json.loads(x), progress)]
-    path.write_text("".join(x + "\n" for x in kept))
+    _keep_jsonl(path, lambda row: (row["epoch"], row["micro"]) <= (progress.epoch, progress.micro))
 
 
-def _consumed_by(row: dict[str, Any], progress: Progress) -> bool:
-    return (row["epoch"], row["micro"]) <= (progress.epoch, progress.micro)
+def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
+    with path.open("a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _keep_jsonl(path: Path, keep: Callable[[dict[str, Any]], bool]) -> None:
+    """Rewrite ``path`` (created if missing) with only the records ``keep`` accepts."""
+    records = [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+    path.write_text("".join(json.dumps(r) + "\n" for r in records if keep(r)))
 
 
 def log_metrics(cfg: Config, metrics: dict[str, float]) -> None:
     """Rank 0 appends the step's metrics to ``output_dir/metrics.jsonl`` (the job turns it into CSV + PNG)."""
-    import json
-
     import ray.train
 
     if ray.train.get_context().get_world_rank() == 0:
         path = Path(cfg.output_dir) / "metrics.jsonl"
         path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("a") as f:
-            f.write(json.dumps(metrics) + "\n")
+        _append_jsonl(path, metrics)
 
 
 def done(progress: Progress, cfg: Config) -> bool:
@@ -268,8 +262,6 @@ def resume(engine: Any) -> Progress:
 def export(engine: Any, model: Any, stage: Stage, cfg: Config, frozen: dict[str, str]) -> None:
     """Rank 0 writes the trained weights of this stage + ``config.yaml`` (gathered under ZeRO-3),
     and ``frozen_check.json`` with the frozen parts' digests before and after training."""
-    import json
-
     import deepspeed
     import ray.train
 
