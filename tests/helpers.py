@@ -122,6 +122,33 @@ STAGE_ZERO_RAY = [("s1", 3), ("s2a", 2), ("s2b", 3), ("s3a", 2), ("s3b", 3)]
 STAGE_ZERO_DIRECT = [("s1", 2), ("s2a", 3), ("s2b", 2), ("s3a", 3), ("s3b", 2)]
 
 
+def check_fit_outputs(cfg: Any, out: Path, summary: Any) -> list[dict[str, Any]]:
+    """What every Ray Train fit must leave in ``out``: frozen digests equal, one metrics row per step with
+    its rate, the CSV and plot, and an artefact holding the stage's trainable parts, which all moved from
+    the base weights. Returns the metrics rows."""
+    import json
+
+    from freezeempath.model.build import build_model
+    from freezeempath.model.checkpoint import load_trained
+    from freezeempath.train.stages import Stage
+
+    stage = Stage(cfg.train.stage)
+    frozen = json.loads((out / "frozen_check.json").read_text())
+    assert frozen["unchanged"] and frozen["before"] == frozen["after"]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(1, summary.steps + 1))
+    rate = "units_per_s" if stage.speech_stage else "tokens_per_s"
+    assert all(0.0 <= r["data_wait_fraction"] <= 1.0 and r[rate] > 0 for r in rows)
+    assert (out / "metrics.csv").is_file()
+    assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    base = build_model(cfg.model)  # the same base weights the workers started from
+    before = {k: v.clone() for k, v in base.state_dict().items()}
+    assert set(load_trained(base, out / "artefact")) == set(stage.trainable)
+    changed = {k.split(".")[0] for k, v in base.state_dict().items() if not v.equal(before[k])}
+    assert changed == set(stage.trainable)
+    return rows
+
+
 # codec tests (8 kHz, hop 160, 24 mels, 16 units)
 TINY_CODEC = CodecConfig(
     n_units=16,

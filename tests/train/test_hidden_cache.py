@@ -11,7 +11,7 @@ from freezeempath.data.pipeline import AudioFeatures
 from freezeempath.model.build import build_model
 from freezeempath.train.hidden_cache import ReplyStateCache, cache_reply_states
 from freezeempath.train.stages import Stage
-from helpers import write_tiny_shards
+from helpers import check_fit_outputs, write_tiny_shards
 
 
 def test_cached_states_give_the_live_decoder_loss(tmp_path):
@@ -43,21 +43,25 @@ def test_cache_job_resumes(tmp_path):
 @pytest.mark.ray
 @pytest.mark.slow
 def test_stage3_trains_from_the_cache(ray_local, tmp_path):
+    """Stage 3b's Ray Train fit of the stage × ZeRO matrix (ZeRO-3 + offload; ``test_train_ray.py``)."""
     from freezeempath.train.run import run_training
 
     cfg = load_config("tiny")
     cache_reply_states(cfg, write_tiny_shards(tmp_path / "in", n_rows=8, bad_rows=False), tmp_path / "cache")
-    summary = run_training(
-        load_config(
-            "tiny",
-            [
-                "train.stage=s3b",
-                f"data.train_shards=[{tmp_path / 'cache'}]",
-                "train.max_steps=2",
-                f"output_dir={tmp_path / 'out'}",
-                f"train.storage_path={tmp_path / 'ray'}",
-                "train.run_name=cached",
-            ],
-        )
+    train_cfg = load_config(
+        "tiny",
+        [
+            "train.stage=s3b",
+            "train.zero_stage=3",
+            "train.offload_param=true",
+            "train.offload_optimizer=true",
+            f"data.train_shards=[{tmp_path / 'cache'}]",
+            "train.max_steps=2",
+            f"output_dir={tmp_path / 'out'}",
+            f"train.storage_path={tmp_path / 'ray'}",
+            "train.run_name=cached",
+        ],
     )
+    summary = run_training(train_cfg)
     assert summary.steps == 2 and summary.final_metrics["units_per_s"] > 0
+    check_fit_outputs(train_cfg, tmp_path / "out", summary)
