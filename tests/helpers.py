@@ -22,6 +22,18 @@ def speech_like(seconds: float, seed: int = 0, rate: int = 16_000) -> torch.Tens
     return (0.3 * wave + 0.01 * torch.randn(t.shape, generator=g)).float()
 
 
+def wav_b64(seconds: float = 1.2, seed: int = 0, rate: int = 16_000, fmt: str = "WAV") -> str:
+    """:func:`speech_like` audio as a base64 file (``fmt``: a soundfile format), as API clients send it."""
+    import base64
+    import io
+
+    import soundfile as sf
+
+    buffer = io.BytesIO()
+    sf.write(buffer, speech_like(seconds, seed, rate).numpy(), rate, format=fmt)
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
 def unslotted_request(hidden: int = 32) -> Any:
     """A generation request carrying one clip's features but no ``<speech>`` slot: the LLM cannot prefill it."""
     from freezeempath.data.template import Turn

@@ -25,7 +25,7 @@ import psutil
 import pytest
 import soundfile as sf
 import yaml
-from helpers import ROOT, speech_like, write_tiny_shards
+from helpers import ROOT, wav_b64, write_tiny_shards
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -145,7 +145,7 @@ def test_serve_deploy_of_the_config_answers_the_openai_sdk(ray_cluster, tmp_path
         time.sleep(2)
     client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=120)
     assert [m.id for m in client.models.list()] == ["freezeempath"]
-    audio = {"type": "input_audio", "input_audio": {"data": _wav_b64(), "format": "wav"}}
+    audio = {"type": "input_audio", "input_audio": {"data": wav_b64(), "format": "wav"}}
     reply = client.chat.completions.create(
         model="freezeempath",
         messages=[{"role": "user", "content": [audio]}],
@@ -163,9 +163,3 @@ def _healthy(url: str) -> bool:
         return httpx.get(f"{url}/healthz", timeout=5).status_code == 200
     except httpx.HTTPError:
         return False
-
-
-def _wav_b64() -> str:
-    buffer = io.BytesIO()
-    sf.write(buffer, speech_like(1.2).numpy(), 16_000, format="WAV")
-    return base64.b64encode(buffer.getvalue()).decode()

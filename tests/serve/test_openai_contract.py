@@ -21,7 +21,7 @@ import pytest
 import soundfile as sf
 import yaml
 from freezeempath.labels import LABEL_WORDS
-from helpers import ROOT, speech_like, unslotted_request
+from helpers import ROOT, unslotted_request, wav_b64
 
 pytestmark = pytest.mark.ray
 
@@ -68,12 +68,6 @@ def server():
 @pytest.fixture(scope="module")
 def client(server):
     return openai.OpenAI(base_url=f"{server}/v1", api_key="test", max_retries=0, timeout=60)
-
-
-def wav_b64(seconds: float = 1.2, seed: int = 0, rate: int = 16_000, fmt: str = "WAV") -> str:
-    buffer = io.BytesIO()
-    sf.write(buffer, speech_like(seconds, seed, rate).numpy(), rate, format=fmt)
-    return base64.b64encode(buffer.getvalue()).decode()
 
 
 def spoken(data: str | None = None, fmt: str = "wav", text: str | None = None) -> dict:
