@@ -33,6 +33,16 @@ def test_batch_features_equal_single_features():
     assert both.lens.tolist() == [100, 250]
 
 
+@pytest.mark.parametrize("window", [400, 3000])
+@pytest.mark.parametrize("clip_seconds", [(2.5, 0.3), (0.01,), (1.0, 3.997), (4.0,), (0.0,)])
+def test_cropped_stft_equals_the_whole_window_exactly(window, clip_seconds):
+    """Only the clips' span is transformed; the frames after it must equal the whole window's, bit for bit."""
+    frontend = WhisperLogMel(80, window)
+    waves = [speech_like(s, seed=i) if s else torch.zeros(1600) for i, s in enumerate(clip_seconds)]
+    whole = frontend.log_mel(waves, frontend.window_samples)
+    assert torch.equal(frontend(waves).mel, whole)
+
+
 @pytest.mark.parametrize(
     ("wave", "rate", "message"),
     [

@@ -115,19 +115,35 @@ class WhisperLogMel(torch.nn.Module):
         return max(1, math.ceil(n_samples / HOP_LENGTH))
 
     def forward(self, waves: list[torch.Tensor]) -> Features:
-        """Mono 16 kHz clips (each at most one window) → padded features of one window each."""
+        """Mono 16 kHz clips (each at most one window) → padded features of one window each.
+
+        The STFT runs only over the longest clip plus ``N_FFT`` zero samples: every later frame of the
+        zero-padded window sees only zeros, so its value is the row's floor, filled in directly. The result
+        equals the whole-window computation exactly, at a fraction of its cost for short clips.
+        """
         if not waves:
             raise ValueError("no audio clips given")
         too_long = [w.numel() for w in waves if w.numel() > self.window_samples]
         if too_long:
             raise ValueError(f"a clip has {too_long[0]} samples; one encoder window holds {self.window_samples}")
-        batch = torch.zeros(len(waves), self.window_samples)
+        # zeros past the clips cover the last clip-touching frame's reach (N_FFT / 2) and the reflect padding
+        span = HOP_LENGTH * math.ceil((max(w.numel() for w in waves) + N_FFT) / HOP_LENGTH)
+        mel = self.log_mel(waves, min(span, self.window_samples))
+        lens = torch.tensor([self.frame_count(w.numel()) for w in waves], dtype=torch.long)
+        return Features(mel=mel, lens=lens)
+
+    def log_mel(self, waves: list[torch.Tensor], samples: int) -> torch.Tensor:
+        """Clips zero-padded to ``samples`` → normalised log-mel ``(B, n_mels, window_frames)``; frames past
+        ``samples / hop`` take the row's floor (their whole-window value when ``samples`` clears the clips)."""
+        batch = torch.zeros(len(waves), samples)
         for i, w in enumerate(waves):
             batch[i, : w.numel()] = w
         spec = self.mel(batch)[..., :-1]  # (B, n_mels, frames): Whisper drops the last STFT frame
         log_spec = spec.clamp(min=1e-10).log10()
         peak = log_spec.amax(dim=(1, 2), keepdim=True)
+        floor = torch.maximum(torch.full_like(peak, -10.0), peak - 8.0)  # an all-zero frame: log10(1e-10) → floor
         log_spec = torch.maximum(log_spec, peak - 8.0)
-        mel = (log_spec + 4.0) / 4.0
-        lens = torch.tensor([self.frame_count(w.numel()) for w in waves], dtype=torch.long)
-        return Features(mel=mel, lens=lens)
+        pad = self.window_frames - log_spec.shape[-1]
+        if pad > 0:
+            log_spec = torch.cat([log_spec, floor.expand(-1, log_spec.shape[1], pad)], dim=-1)
+        return (log_spec + 4.0) / 4.0
