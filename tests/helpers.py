@@ -134,6 +134,13 @@ STAGE_ZERO_RAY = [("s1", 3), ("s2a", 2), ("s2b", 3), ("s3a", 2), ("s3b", 3)]
 STAGE_ZERO_DIRECT = [("s1", 2), ("s2a", 3), ("s2b", 2), ("s3a", 3), ("s3b", 2)]
 
 
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The records of a JSONL file (metrics, events and rows logs of a training run)."""
+    import json
+
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
 def check_fit_outputs(cfg: Any, out: Path, summary: Any) -> list[dict[str, Any]]:
     """What every Ray Train fit must leave in ``out``: frozen digests equal, one metrics row per step with
     its rate, the CSV and plot, and an artefact holding the stage's trainable parts, which all moved from
@@ -147,7 +154,7 @@ def check_fit_outputs(cfg: Any, out: Path, summary: Any) -> list[dict[str, Any]]
     stage = Stage(cfg.train.stage)
     frozen = json.loads((out / "frozen_check.json").read_text())
     assert frozen["unchanged"] and frozen["before"] == frozen["after"]
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    rows = read_jsonl(out / "metrics.jsonl")
     assert [r["step"] for r in rows] == list(range(1, summary.steps + 1))
     rate = "units_per_s" if stage.speech_stage else "tokens_per_s"
     assert all(0.0 <= r["data_wait_fraction"] <= 1.0 and r[rate] > 0 for r in rows)

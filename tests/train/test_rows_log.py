@@ -3,13 +3,12 @@ counted (the killed-worker test in ``test_train_ray.py`` checks the rows themsel
 
 from __future__ import annotations
 
-import json
-
 from freezeempath.train.loop import Progress, log_rows, truncate_rows
+from helpers import read_jsonl
 
 
 def logged(path):
-    return [(x["epoch"], x["micro"], x["ids"]) for x in map(json.loads, path.read_text().splitlines())]
+    return [(x["epoch"], x["micro"], x["ids"]) for x in read_jsonl(path)]
 
 
 def test_a_restart_keeps_the_micro_batches_up_to_its_checkpoint_and_a_fresh_run_none(tmp_path):

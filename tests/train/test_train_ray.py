@@ -5,13 +5,11 @@ with no repeated or lost step or row, and stage 3b's trains from cached LLM stat
 
 from __future__ import annotations
 
-import json
-
 import pytest
 from freezeempath.config import load_config
 from freezeempath.train.run import run_training
 from freezeempath.train.stages import Stage
-from helpers import STAGE_ZERO_RAY, check_fit_outputs, write_tiny_shards
+from helpers import STAGE_ZERO_RAY, check_fit_outputs, read_jsonl, write_tiny_shards
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -43,14 +41,6 @@ def test_stage_matrix_covers_every_stage_under_both_zero_modes():
     from helpers import STAGE_ZERO_DIRECT
 
     assert sorted(STAGE_ZERO + STAGE_ZERO_DIRECT) == sorted((s.value, z) for s in Stage for z in (2, 3))
-
-
-def read_jsonl(path):
-    return [json.loads(x) for x in path.read_text().splitlines()]
-
-
-def read_steps(out):
-    return read_jsonl(out / "metrics.jsonl")
 
 
 STAGE_ZERO = STAGE_ZERO_RAY  # the other mode of each stage: test_zero_matrix.py
@@ -96,9 +86,9 @@ def test_killed_worker_resumes_without_repeating_or_losing_steps_or_rows(ray_loc
         "train.grad_accum=1",
     )
     summary = run_training(cfg)
-    check_fit_outputs(cfg, tmp_path / "out", summary)
+    rows = check_fit_outputs(cfg, tmp_path / "out", summary)
     assert set(summary.skipped) == {"undecodable", "empty", "wrong_rate"}  # once per pass over the shards
-    steps = [r["step"] for r in read_steps(tmp_path / "out")]
+    steps = [r["step"] for r in rows]
     events = read_jsonl(tmp_path / "out" / "events.jsonl")
     assert summary.steps == 5
     assert steps == [1, 2, 3, 4, 5], steps
