@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> dict:
         ray.init(address=os.environ.get("RAY_ADDRESS") or "local", include_dashboard=False)
     build_sample_corpus(out / "shards")
     paths = expand_shards((str(out / "shards"),)) * args.repeat  # a longer stream for a steady-state rate
-    # 2 feature actors × 0.75 CPU + reads at 0.25 fit 2 cores; at 1 CPU each the second actor never starts.
+    # 2 feature actors (reading their shards) × 0.75 CPU leave the driver and Ray's own tasks room on 2 cores.
     ingest_cfg = load_config(args.config, ["data.feature_workers=2", "data.feature_cpus=0.75", "data.feature_batch=8"])
     ingest = measure_ingest(paths, ingest_cfg, args.passes)
     train_cfg = load_config(

@@ -186,11 +186,12 @@ class DataConfig:
     ravdess_dir: str = "../shared/data/ravdess"
     max_seconds: float = 30.0
     feature_batch: int = 16  # rows per feature call; also the length-bucketing window
-    feature_workers: int = 1  # feature actors, all started up front: workers × feature_cpus + read_cpus must fit
+    feature_workers: int = 1  # feature actors (they also read the shards), started up front; × feature_cpus must fit
     feature_cpus: float = 0.5
     feature_prefetch: int = 8
-    """Input blocks queued per feature actor. Ray Data's default (2) left the actors idle between blocks."""
+    """Shards queued per feature actor. Ray Data's default (2) left the actors idle between blocks."""
     read_cpus: float = 0.25
+    """CPUs per read task of stage-3 reply-state caches (audio shards are read inside the feature actors)."""
     shuffle_seed: int = 0
     """Seed of the shard order, the same in every epoch (a restart mid-epoch relies on it); < 0: path order."""
     shard_rows: int = 256

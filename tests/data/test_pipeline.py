@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from freezeempath.config import load_config
 from freezeempath.data.collate import Collator, pad_mels
-from freezeempath.data.pipeline import AudioFeatures, build_dataset, check_shard_columns, skip_counter
+from freezeempath.data.pipeline import (
+    AudioFeatures,
+    BlockFeatures,
+    build_dataset,
+    check_shard_columns,
+    skip_counter,
+)
 from freezeempath.data.template import byte_level_chat_tokenizer
 from freezeempath.model.fusion import IGNORE_INDEX
 from freezeempath.train.stages import Stage
@@ -19,12 +26,24 @@ def test_bad_rows_are_skipped_and_counted(ray_local, tmp_path):
     cfg = load_config("tiny")
     paths = write_tiny_shards(tmp_path, n_rows=10)
     counter = skip_counter("test-skips")
-    ds = build_dataset(cfg, paths, Stage.S3B, "test-skips")
+    ds = build_dataset(cfg, paths, Stage.S3B, "test-skips").materialize()
+    assert "ReadParquet->MapBatches(BlockFeatures)" in ds.stats()  # the read runs inside the feature actors
     rows = ds.take_all()
     assert len(rows) == 10
     assert sorted(r["id"] for r in rows) == [f"u{i:03d}" for i in range(10)]
     assert ray_local.get(counter.get.remote()) == {"undecodable": 1, "empty": 1, "wrong_rate": 1}
     ray_local.kill(counter)
+
+
+def test_block_features_work_in_windows_sorted_by_length(tmp_path):
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(write_tiny_shards(tmp_path, n_rows=5, n_shards=1)[0]).to_pydict()
+    order = [4, 3, 2, 1, 0, 5, 6, 7]  # the good rows longest first, then the three bad ones
+    block = {k: np.asarray([v[i] for i in order], dtype=object) for k, v in table.items()}
+    windows = list(BlockFeatures(3, 80, 800, 8.0)(block))
+    assert [w["id"] for w in windows] == [["u002", "u003", "u004"], ["u000", "u001"]]  # all-bad window: none
+    assert all(w["mel_len"] == sorted(w["mel_len"]) and len(set(w["mel_len"])) == len(w["id"]) for w in windows)
 
 
 def test_missing_column_fails_fast_naming_it(tmp_path):
