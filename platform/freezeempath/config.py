@@ -186,7 +186,9 @@ class DataConfig:
     ravdess_dir: str = "../shared/data/ravdess"
     max_seconds: float = 30.0
     feature_batch: int = 16  # rows per feature call; also the length-bucketing window
-    feature_workers: int = 1  # feature actors (they also read the shards), started up front; × feature_cpus must fit
+    feature_workers: int = 1
+    """Feature actors, started up front (× ``feature_cpus`` must fit beside the Train workers). Each reads
+    whole shards (the unit of parallelism: more actors than shards sit idle)."""
     feature_cpus: float = 0.5
     feature_prefetch: int = 8
     """Shards queued per feature actor. Ray Data's default (2) left the actors idle between blocks."""
