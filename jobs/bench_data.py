@@ -6,7 +6,8 @@
 Builds the bundled sample corpus (espeak-ng) as shards, then measures side by side in one run: records/s of
 the Ray Data pipeline (2 feature actors) and of ``torch.utils.data.DataLoader`` (one process) doing the same
 decode + resample + log-mel on the same shards, in alternating passes (``--passes`` Ray Data passes, each
-compared with the faster DataLoader pass beside it; the median ratio is reported, and every ratio); then
+compared with the faster DataLoader pass beside it; the median ratio is reported, and every ratio, with
+each side's CPU per row by process over the steady part of that pass); then
 trains the tiny preset (2 workers) for a few steps and reports the fraction of step time spent waiting for
 data. Targets: ingest ≥ 1.5×, data wait < 5 %.
 """
@@ -68,6 +69,7 @@ def main(argv: list[str] | None = None) -> dict:
         "ingest_ratio_vs_1_thread": round(ingest.ratio, 2),
         "ingest_ratio_vs_all_threads": round(ingest.ratio_all_threads, 2),
         "ingest_ratio_every_pass": [round(r, 2) for r in ingest.ratios],
+        "cpu_ms_per_row": {k: round(v, 2) for k, v in ingest.cpu_ms_per_row.items()},
         "data_wait_fraction": round(data_wait_fraction(history), 4),
         "train_steps": len(history),
     }

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from freezeempath.config import load_config
-from freezeempath.data.bench import IngestResult, ShardStream, bracketed_ratios
+from freezeempath.data.bench import CpuWindow, IngestResult, ShardStream, bracketed_ratios, steady_rate
 from helpers import write_tiny_shards
 
 
@@ -30,3 +30,17 @@ def test_loader_baseline_reads_every_shard_row_in_file_order_and_drops_bad_ones(
     assert [i for item in items for i in item["id"]] == ["u000", "u002", "u004", "u001", "u003", "u005"]
     mels = [(m, n) for item in items for m, n in zip(item["mel"], item["mel_len"], strict=True)]
     assert all(m.shape[0] == cfg.model.encoder.n_mels and 0 < n <= m.shape[1] for m, n in mels)
+
+
+def test_cpu_window_counts_this_process_over_the_steady_rows_only():
+    def sizes():
+        yield 100  # the first batch: before the window opens
+        for _ in range(3):
+            torch.linalg.matrix_exp(torch.randn(200, 200, dtype=torch.float64))  # CPU work inside the window
+            yield 5
+
+    window = CpuWindow()
+    rows, _ = steady_rate(window.track(sizes()))
+    assert rows == 115 and window.rows == 15
+    per_row = window.ms_per_row("dataloader")
+    assert per_row["dataloader_driver"] > 0 and "dataloader_feature_actors" not in per_row

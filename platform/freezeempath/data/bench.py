@@ -2,15 +2,17 @@
 
 In: shard paths and a config. Out: :class:`IngestResult` (records/s of both, measured side by side in one
 run on the same shards doing the same read + decode + resample + log-mel; both read the Parquet files
-inside the timed pass) and the data-wait fraction of a short training run read from its metrics.
+inside the timed pass; where each pipeline's CPU goes per row) and the data-wait fraction of a short
+training run read from its metrics.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -28,6 +30,7 @@ class IngestResult:
     dataloader_rows_per_s: float  # one process, one torch thread: the same per-process work as a Ray actor
     dataloader_all_threads_rows_per_s: float  # one process using every core through torch's intra-op threads
     ratios: tuple[float, ...] = ()  # every pass's Ray Data ÷ one-thread DataLoader, in run order
+    cpu_ms_per_row: dict[str, float] = field(default_factory=dict)  # the reported passes' steady CPU, by process
 
     @property
     def ratio(self) -> float:
@@ -66,6 +69,47 @@ class ShardStream(torch.utils.data.IterableDataset):
                 yield self.features({k: [row[k]] for k in BASE_COLUMNS})
 
 
+def cpu_seconds_by_role() -> Counter[str]:
+    """CPU seconds (user + system) so far of this process (``driver``), Ray Data's map workers
+    (``feature_actors``) and the other Ray processes (``ray_other``: raylet, GCS, idle workers, Ray's actors)."""
+    import psutil
+
+    seconds: Counter[str] = Counter()
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            line, times = " ".join(proc.info["cmdline"] or ()), proc.cpu_times()
+        except psutil.Error:  # gone or not ours
+            continue
+        role = "driver" if proc.info["pid"] == os.getpid() else "feature_actors" if "MapWorker" in line else ""
+        if role or "ray::" in line or "raylet" in line or "gcs_server" in line:
+            seconds[role or "ray_other"] += times.user + times.system
+    return seconds
+
+
+class CpuWindow:
+    """CPU by role over the steady part of a pass: from its first batch to its end (as :func:`steady_rate`)."""
+
+    def __init__(self) -> None:
+        self.rows = 0  # rows after the first batch, as steady_rate counts them
+        self.seconds: Counter[str] = Counter()
+
+    def track(self, sizes: Iterable[int]) -> Iterator[int]:
+        """Pass batch sizes through, reading the CPU counters at the first batch and after the last."""
+        start: Counter[str] = Counter()
+        for i, n in enumerate(sizes):
+            if i == 0:
+                start = cpu_seconds_by_role()
+            else:
+                self.rows += n
+            yield n
+        self.seconds = cpu_seconds_by_role()
+        self.seconds.subtract(start)
+
+    def ms_per_row(self, prefix: str) -> dict[str, float]:
+        """``{prefix_role: ms of CPU per row}`` over the window."""
+        return {f"{prefix}_{k}": 1e3 * s / max(self.rows, 1) for k, s in sorted(self.seconds.items()) if s > 0}
+
+
 def steady_rate(sizes: Any) -> tuple[int, float]:
     """Rows and rows/s of an iterator of batch sizes, timed from the first batch (start-up excluded)."""
     rows, first, start = 0, 0, 0.0
@@ -76,24 +120,26 @@ def steady_rate(sizes: Any) -> tuple[int, float]:
     return rows, (rows - first) / max(time.perf_counter() - start, 1e-9)
 
 
-def dataloader_rate(paths: list[str], cfg: Config, threads: int) -> tuple[int, float]:
+def dataloader_rate(paths: list[str], cfg: Config, threads: int, cpu: CpuWindow | None = None) -> tuple[int, float]:
     """Rows and steady rows/s through ``torch.utils.data.DataLoader`` (``num_workers=0``) with ``threads``."""
     dataset = ShardStream(paths, cfg)
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=0)
-        return steady_rate(len(item["mel_len"]) for item in loader)
+        sizes = (len(item["mel_len"]) for item in loader)
+        return steady_rate(cpu.track(sizes) if cpu else sizes)
     finally:
         torch.set_num_threads(before)
 
 
-def ray_data_rate(paths: list[str], cfg: Config) -> tuple[int, float]:
+def ray_data_rate(paths: list[str], cfg: Config, cpu: CpuWindow | None = None) -> tuple[int, float]:
     """Rows and steady rows/s through :func:`freezeempath.data.pipeline.build_dataset`, read on the driver."""
     from freezeempath.data.pipeline import build_dataset
 
     dataset = build_dataset(cfg, paths, Stage.S2A)
-    return steady_rate(len(b["mel_len"]) for b in dataset.iter_batches(batch_size=8, batch_format="numpy"))
+    sizes = (len(b["mel_len"]) for b in dataset.iter_batches(batch_size=8, batch_format="numpy"))
+    return steady_rate(cpu.track(sizes) if cpu else sizes)
 
 
 def bracketed_ratios(ray: Sequence[float], loader: Sequence[float]) -> list[tuple[float, float]]:
@@ -111,22 +157,29 @@ def measure_ingest(paths: list[str], cfg: Config, passes: int = 3) -> IngestResu
     """Both pipelines on the same shards, alternating in this process: DataLoader, Ray Data, DataLoader, ….
 
     ``passes`` Ray Data passes, each compared with :func:`bracketed_ratios`; the pass with the median
-    ratio gives the reported rates, and every ratio is kept.
+    ratio gives the reported rates and CPU per row (its DataLoader side: the faster pass beside it), and
+    every ratio is kept.
     """
     if passes < 1:
         raise ValueError(f"passes must be >= 1, got {passes}")
     _, dl_all = dataloader_rate(paths, cfg, threads=os.cpu_count() or 1)
-    rows_dl, first = dataloader_rate(paths, cfg, threads=1)
-    ray_rates, loader_rates = [], [first]
+    loader_cpu = [CpuWindow()]
+    rows_dl, first = dataloader_rate(paths, cfg, threads=1, cpu=loader_cpu[0])
+    ray_rates, loader_rates, ray_cpu = [], [first], []
     for _ in range(passes):
-        rows_rd, rd = ray_data_rate(paths, cfg)
+        ray_cpu.append(CpuWindow())
+        rows_rd, rd = ray_data_rate(paths, cfg, ray_cpu[-1])
         if rows_dl != rows_rd:
             raise RuntimeError(f"pipelines disagree on rows: DataLoader {rows_dl}, Ray Data {rows_rd}")
         ray_rates.append(rd)
-        loader_rates.append(dataloader_rate(paths, cfg, threads=1)[1])
+        loader_cpu.append(CpuWindow())
+        loader_rates.append(dataloader_rate(paths, cfg, threads=1, cpu=loader_cpu[-1])[1])
     pairs = bracketed_ratios(ray_rates, loader_rates)
-    rd, dl = sorted(pairs, key=lambda p: p[0] / p[1])[(len(pairs) - 1) // 2]  # median; lower one if even
-    return IngestResult(rows_rd, rd, dl, dl_all, tuple(r / d for r, d in pairs))
+    i = sorted(range(len(pairs)), key=lambda k: pairs[k][0] / pairs[k][1])[(len(pairs) - 1) // 2]  # median
+    rd, dl = pairs[i]
+    loader = loader_cpu[i] if loader_rates[i] >= loader_rates[i + 1] else loader_cpu[i + 1]
+    cpu = {**loader.ms_per_row("dataloader"), **ray_cpu[i].ms_per_row("ray_data")}
+    return IngestResult(rows_rd, rd, dl, dl_all, tuple(r / d for r, d in pairs), cpu)
 
 
 def data_wait_fraction(history: list[dict[str, float]], skip_first: int = 1) -> float:
