@@ -175,7 +175,8 @@ def measure_ingest(paths: list[str], cfg: Config, passes: int = 3) -> IngestResu
         loader_cpu.append(CpuWindow())
         loader_rates.append(dataloader_rate(paths, cfg, threads=1, cpu=loader_cpu[-1])[1])
     pairs = bracketed_ratios(ray_rates, loader_rates)
-    i = sorted(range(len(pairs)), key=lambda k: pairs[k][0] / pairs[k][1])[(len(pairs) - 1) // 2]  # median
+    order = sorted(range(len(pairs)), key=lambda k: pairs[k][0] / pairs[k][1])
+    i = order[(len(pairs) - 1) // 2]  # the median pass; the lower one if even
     rd, dl = pairs[i]
     loader = loader_cpu[i] if loader_rates[i] >= loader_rates[i + 1] else loader_cpu[i + 1]
     cpu = {**loader.ms_per_row("dataloader"), **ray_cpu[i].ms_per_row("ray_data")}
