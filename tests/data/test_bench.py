@@ -40,7 +40,7 @@ def test_cpu_window_counts_this_process_over_the_steady_rows_only():
             yield 5
 
     window = CpuWindow()
-    rows, _ = steady_rate(window.track(sizes()))
+    rows, _ = steady_rate(sizes(), window)
     assert rows == 115 and window.rows == 15
     per_row = window.ms_per_row("dataloader")
     assert per_row["dataloader_driver"] > 0 and "dataloader_feature_actors" not in per_row

@@ -87,36 +87,38 @@ def cpu_seconds_by_role() -> Counter[str]:
 
 
 class CpuWindow:
-    """CPU by role over the steady part of a pass: from its first batch to its end (as :func:`steady_rate`)."""
+    """CPU by role over the steady part of a pass, opened and closed by :func:`steady_rate`."""
 
     def __init__(self) -> None:
-        self.rows = 0  # rows after the first batch, as steady_rate counts them
+        self.rows = 0  # rows after the first batch
         self.seconds: Counter[str] = Counter()
 
-    def track(self, sizes: Iterable[int]) -> Iterator[int]:
-        """Pass batch sizes through, reading the CPU counters at the first batch and after the last."""
-        start: Counter[str] = Counter()
-        for i, n in enumerate(sizes):
-            if i == 0:
-                start = cpu_seconds_by_role()
-            else:
-                self.rows += n
-            yield n
-        self.seconds = cpu_seconds_by_role()
-        self.seconds.subtract(start)
+    def open(self) -> None:
+        """Read the counters at the first batch."""
+        self.seconds = Counter({k: -v for k, v in cpu_seconds_by_role().items()})
+
+    def close(self, rows: int) -> None:
+        """Read the counters after the last batch; ``rows`` came after the first."""
+        self.rows = rows
+        self.seconds.update(cpu_seconds_by_role())
 
     def ms_per_row(self, prefix: str) -> dict[str, float]:
         """``{prefix_role: ms of CPU per row}`` over the window."""
         return {f"{prefix}_{k}": 1e3 * s / max(self.rows, 1) for k, s in sorted(self.seconds.items()) if s > 0}
 
 
-def steady_rate(sizes: Any) -> tuple[int, float]:
-    """Rows and rows/s of an iterator of batch sizes, timed from the first batch (start-up excluded)."""
+def steady_rate(sizes: Iterable[int], cpu: CpuWindow | None = None) -> tuple[int, float]:
+    """Rows and rows/s of an iterator of batch sizes, timed from the first batch (start-up excluded);
+    ``cpu``, when given, is read over the same window."""
     rows, first, start = 0, 0, 0.0
     for n in sizes:
         if not start:
+            if cpu:
+                cpu.open()
             first, start = n, time.perf_counter()
         rows += n
+    if cpu:
+        cpu.close(rows - first)
     return rows, (rows - first) / max(time.perf_counter() - start, 1e-9)
 
 
@@ -127,8 +129,7 @@ def dataloader_rate(paths: list[str], cfg: Config, threads: int, cpu: CpuWindow 
     torch.set_num_threads(threads)
     try:
         loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=0)
-        sizes = (len(item["mel_len"]) for item in loader)
-        return steady_rate(cpu.track(sizes) if cpu else sizes)
+        return steady_rate((len(item["mel_len"]) for item in loader), cpu)
     finally:
         torch.set_num_threads(before)
 
@@ -138,8 +139,8 @@ def ray_data_rate(paths: list[str], cfg: Config, cpu: CpuWindow | None = None) -
     from freezeempath.data.pipeline import build_dataset
 
     dataset = build_dataset(cfg, paths, Stage.S2A)
-    sizes = (len(b["mel_len"]) for b in dataset.iter_batches(batch_size=8, batch_format="numpy"))
-    return steady_rate(cpu.track(sizes) if cpu else sizes)
+    batches = dataset.iter_batches(batch_size=8, batch_format="numpy")
+    return steady_rate((len(b["mel_len"]) for b in batches), cpu)
 
 
 def bracketed_ratios(ray: Sequence[float], loader: Sequence[float]) -> list[tuple[float, float]]:
