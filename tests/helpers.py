@@ -99,7 +99,7 @@ def write_tiny_shards(directory, n_rows: int = 16, n_shards: int = 2, bad_rows: 
         buf = io.BytesIO()
         wave = speech_like(0.8 + 0.15 * (i % 7), seed=i)
         sf.write(buf, wave.numpy(), 16000, format="FLAC")
-        rows.append(_row(f"u{i:03d}", buf.getvalue(), 16000, i, n_units))
+        rows.append(_row(f"u{i:03d}", buf.getvalue(), 16000, i, n_units, len(wave) / 16000))
     if bad_rows:
         rows.append(_row("bad-corrupt", b"fLaC not really", 16000, 0, n_units))
         rows.append(_row("bad-empty", b"", 16000, 1, n_units))
@@ -114,13 +114,13 @@ def write_tiny_shards(directory, n_rows: int = 16, n_shards: int = 2, bad_rows: 
     return paths
 
 
-def _row(uid, audio, rate, i, n_units):
+def _row(uid, audio, rate, i, n_units, duration=1.0):
     emotion = EMOTION_CYCLE[i % 5]
     return {
         "id": uid,
         "audio": audio,
         "sample_rate": rate,
-        "duration": 1.0,
+        "duration": duration,
         "transcript": f"sentence number {i}",
         "emotion": emotion,
         "reply": "I hear you." if i % 2 else "That sounds hard.",

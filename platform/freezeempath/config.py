@@ -185,7 +185,8 @@ class DataConfig:
     eval_shards: tuple[str, ...] = ()
     ravdess_dir: str = "../shared/data/ravdess"
     max_seconds: float = 30.0
-    feature_batch: int = 16  # rows per feature call; also the length-bucketing window
+    feature_batch: int = 16
+    """Rows per feature call: a shard's rows bucketed by duration, in windows of this many, in seeded order."""
     feature_workers: int = 1
     """Feature actors, started up front (× ``feature_cpus`` must fit beside the Train workers). Each reads
     whole shards (the unit of parallelism: more actors than shards sit idle)."""

@@ -12,6 +12,7 @@ from freezeempath.data.pipeline import (
     BlockFeatures,
     build_dataset,
     check_shard_columns,
+    length_windows,
     skip_counter,
 )
 from freezeempath.data.template import byte_level_chat_tokenizer
@@ -35,15 +36,32 @@ def test_bad_rows_are_skipped_and_counted(ray_local, tmp_path):
     ray_local.kill(counter)
 
 
-def test_block_features_work_in_windows_sorted_by_length(tmp_path):
+def test_block_features_bucket_a_block_by_duration(tmp_path):
     import pyarrow.parquet as pq
 
     table = pq.read_table(write_tiny_shards(tmp_path, n_rows=5, n_shards=1)[0]).to_pydict()
     order = [4, 3, 2, 1, 0, 5, 6, 7]  # the good rows longest first, then the three bad ones
     block = {k: np.asarray([v[i] for i in order], dtype=object) for k, v in table.items()}
-    windows = list(BlockFeatures(3, 80, 800, 8.0)(block))
-    assert [w["id"] for w in windows] == [["u002", "u003", "u004"], ["u000", "u001"]]  # all-bad window: none
-    assert all(w["mel_len"] == sorted(w["mel_len"]) and len(set(w["mel_len"])) == len(w["id"]) for w in windows)
+    block["duration"][5:] = 9.0  # the bad rows bucket together, last
+    ascending = list(BlockFeatures(3, -1, 80, 800, 8.0)(block))
+    assert [w["id"] for w in ascending] == [["u000", "u001", "u002"], ["u003", "u004"]]  # all-bad window: none
+    assert all(w["mel_len"] == sorted(w["mel_len"]) and len(set(w["mel_len"])) == len(w["id"]) for w in ascending)
+    shuffled = [w["id"] for w in BlockFeatures(2, 0, 80, 800, 8.0)(block)]
+    assert sorted(shuffled) == [["u000", "u001"], ["u002", "u003"], ["u004"]]
+    assert shuffled == [w["id"] for w in BlockFeatures(2, 0, 80, 800, 8.0)(block)]  # a restart sees the same
+
+
+def test_length_windows_cut_sorted_durations_in_seeded_order():
+    durations = np.random.default_rng(1).uniform(0.5, 9.0, size=23)
+    windows = length_windows(durations, 4, np.random.default_rng(7))
+    assert sorted(np.concatenate(windows).tolist()) == list(range(23))
+    assert [len(w) for w in sorted(windows, key=lambda w: durations[w].min())] == [4, 4, 4, 4, 4, 3]
+    spans = sorted((durations[w].min(), durations[w].max()) for w in windows)
+    assert all(hi <= lo for (_, hi), (lo, _) in zip(spans, spans[1:], strict=False))  # no overlap in length
+    again = length_windows(durations, 4, np.random.default_rng(7))
+    assert [w.tolist() for w in windows] == [w.tolist() for w in again]
+    ascending = [durations[w].max() for w in length_windows(durations, 4, None)]
+    assert ascending == sorted(durations[w].max() for w in windows)
 
 
 def test_missing_column_fails_fast_naming_it(tmp_path):
