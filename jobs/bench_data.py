@@ -7,9 +7,9 @@ Builds the bundled sample corpus (espeak-ng) as shards, then measures side by si
 the Ray Data pipeline (2 feature actors) and of ``torch.utils.data.DataLoader`` (one process) doing the same
 decode + resample + log-mel on the same shards, in alternating passes (``--passes`` Ray Data passes, each
 compared with the faster DataLoader pass beside it; the median ratio is reported, and every ratio, with
-each side's CPU per row by process over the steady part of that pass); then
-trains the tiny preset (2 workers) for a few steps and reports the fraction of step time spent waiting for
-data. Targets: ingest ≥ 1.5×, data wait < 5 %.
+each side's CPU per row by process over the steady part of that pass), and the padded share of the
+feature windows with and without length bucketing; then trains the tiny preset (2 workers) for a few
+steps and reports the fraction of step time spent waiting for data. Targets: ingest ≥ 1.5×, data wait < 5 %.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from freezeempath.config import load_config
 def main(argv: list[str] | None = None) -> dict:
     """Run both measurements; prints and writes ``bench_data.json``."""
     import ray
-    from freezeempath.data.bench import data_wait_fraction, measure_ingest
+    from freezeempath.data.bench import data_wait_fraction, measure_ingest, window_padding
     from freezeempath.data.sample_corpus import build_sample_corpus
     from freezeempath.train.run import expand_shards, run_training
 
@@ -44,6 +44,7 @@ def main(argv: list[str] | None = None) -> dict:
     # 2 feature actors (reading their shards) × 0.75 CPU leave the driver and Ray's own tasks room on 2 cores.
     ingest_cfg = load_config(args.config, ["data.feature_workers=2", "data.feature_cpus=0.75", "data.feature_batch=8"])
     ingest = measure_ingest(paths, ingest_cfg, args.passes)
+    padding = window_padding(paths, ingest_cfg.data.feature_batch)
     train_cfg = load_config(
         "tiny",
         [
@@ -70,6 +71,7 @@ def main(argv: list[str] | None = None) -> dict:
         "ingest_ratio_vs_all_threads": round(ingest.ratio_all_threads, 2),
         "ingest_ratio_every_pass": [round(r, 2) for r in ingest.ratios],
         "cpu_ms_per_row": {k: round(v, 2) for k, v in ingest.cpu_ms_per_row.items()},
+        "feature_window_padding": {k: round(v, 3) for k, v in padding.items()},
         "data_wait_fraction": round(data_wait_fraction(history), 4),
         "train_steps": len(history),
     }

@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 from freezeempath.config import load_config
-from freezeempath.data.bench import CpuWindow, IngestResult, ShardStream, bracketed_ratios, steady_rate
+from freezeempath.data.bench import (
+    CpuWindow,
+    IngestResult,
+    ShardStream,
+    bracketed_ratios,
+    steady_rate,
+    window_padding,
+)
 from helpers import write_tiny_shards
 
 
@@ -44,3 +51,14 @@ def test_cpu_window_counts_this_process_over_the_steady_rows_only():
     assert rows == 115 and window.rows == 15
     per_row = window.ms_per_row("dataloader")
     assert per_row["dataloader_driver"] > 0 and "dataloader_feature_actors" not in per_row
+
+
+def test_window_padding_compares_read_order_with_length_buckets(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = str(tmp_path / "s.parquet")
+    pq.write_table(pa.table({"duration": pa.array([1.0, 4.0, 1.0, 4.0], pa.float32())}), path)
+    padding = window_padding([path, path], 2)  # a shard listed twice pads the same
+    assert padding["read_order"] == pytest.approx(6 / 16)  # windows (1, 4) and (1, 4): 3 s padded in each 8
+    assert padding["bucketed"] == 0.0  # windows (1, 1) and (4, 4)

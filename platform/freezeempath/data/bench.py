@@ -2,8 +2,8 @@
 
 In: shard paths and a config. Out: :class:`IngestResult` (records/s of both, measured side by side in one
 run on the same shards doing the same read + decode + resample + log-mel; both read the Parquet files
-inside the timed pass; where each pipeline's CPU goes per row) and the data-wait fraction of a short
-training run read from its metrics.
+inside the timed pass; where each pipeline's CPU goes per row), the padded share of feature windows with
+and without length bucketing, and the data-wait fraction of a short training run read from its metrics.
 """
 
 from __future__ import annotations
@@ -182,6 +182,27 @@ def measure_ingest(paths: list[str], cfg: Config, passes: int = 3) -> IngestResu
     loader = loader_cpu[i] if loader_rates[i] >= loader_rates[i + 1] else loader_cpu[i + 1]
     cpu = {**loader.ms_per_row("dataloader"), **ray_cpu[i].ms_per_row("ray_data")}
     return IngestResult(rows_rd, rd, dl, dl_all, tuple(r / d for r, d in pairs), cpu)
+
+
+def window_padding(paths: list[str], window: int) -> dict[str, float]:
+    """Padded share of the audio in feature windows of ``window`` rows over the shards, from their
+    ``duration`` column: windows cut in read order against :func:`~freezeempath.data.pipeline.length_windows`
+    (a feature call pads its clips to the longest, as a micro-batch does; the windows' order changes nothing)."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from freezeempath.data.pipeline import length_windows
+
+    padded = {"read_order": [0.0, 0.0], "bucketed": [0.0, 0.0]}  # [padded seconds, window seconds]
+    for path in dict.fromkeys(paths):  # a shard listed again pads the same
+        durations = pq.read_table(path, columns=["duration"]).column(0).to_numpy().astype(np.float64)
+        read = [np.arange(s, min(s + window, len(durations))) for s in range(0, len(durations), window)]
+        for kind, windows in (("read_order", read), ("bucketed", length_windows(durations, window, None))):
+            for rows in windows:
+                full = len(rows) * durations[rows].max()
+                padded[kind][0] += full - durations[rows].sum()
+                padded[kind][1] += full
+    return {kind: float(pad / max(total, 1e-9)) for kind, (pad, total) in padded.items()}
 
 
 def data_wait_fraction(history: list[dict[str, float]], skip_first: int = 1) -> float:
