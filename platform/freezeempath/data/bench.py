@@ -191,13 +191,13 @@ def window_padding(paths: list[str], window: int) -> dict[str, float]:
     import numpy as np
     import pyarrow.parquet as pq
 
-    from freezeempath.data.pipeline import length_windows
+    from freezeempath.data.pipeline import length_windows, read_windows
 
     padded = {"read_order": [0.0, 0.0], "bucketed": [0.0, 0.0]}  # [padded seconds, window seconds]
     for path in dict.fromkeys(paths):  # a shard listed again pads the same
         durations = pq.read_table(path, columns=["duration"]).column(0).to_numpy().astype(np.float64)
-        read = [np.arange(s, min(s + window, len(durations))) for s in range(0, len(durations), window)]
-        for kind, windows in (("read_order", read), ("bucketed", length_windows(durations, window, None))):
+        read, bucketed = read_windows(len(durations), window), length_windows(durations, window, None)
+        for kind, windows in (("read_order", read), ("bucketed", bucketed)):
             for rows in windows:
                 full = len(rows) * durations[rows].max()
                 padded[kind][0] += full - durations[rows].sum()

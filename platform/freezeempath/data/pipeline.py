@@ -172,7 +172,7 @@ class BlockFeatures:
     crosses the object store and each actor call covers a shard, not ``window`` rows. The block's rows
     are bucketed by their ``duration`` column before the features (:func:`length_windows`): a feature
     call pads every clip to its window's longest, which in read order cost a third more than each clip
-    alone. Each window is one feature call and one micro-batch's worth of similar lengths.
+    alone. Each window is one feature call of similar lengths, so the micro-batches cut from it pad little.
     """
 
     def __init__(self, window: int, seed: int, *features_args: Any) -> None:
@@ -185,8 +185,8 @@ class BlockFeatures:
         n = len(batch["audio"])
         if "duration" in batch and n:
             windows = length_windows(np.asarray(batch["duration"], dtype=np.float64), self.window, self._rng(batch))
-        else:  # no durations to bucket by: windows in read order
-            windows = [np.arange(s, min(s + self.window, n)) for s in range(0, n, self.window)]
+        else:  # no durations to bucket by
+            windows = read_windows(n, self.window)
         for rows in windows:
             out = self.features({k: v[rows] for k, v in batch.items()})
             if out["mel_len"]:
@@ -195,6 +195,11 @@ class BlockFeatures:
     def _rng(self, batch: dict[str, np.ndarray]) -> np.random.Generator | None:
         """The window order's generator: the run's seed and the block's first id (the same every epoch)."""
         return np.random.default_rng([self.seed, zlib.crc32(str(batch["id"][0]).encode())]) if self.seed >= 0 else None
+
+
+def read_windows(rows: int, window: int) -> list[np.ndarray]:
+    """Row indices ``(≤ window,)`` per window, in read order."""
+    return [np.arange(s, min(s + window, rows)) for s in range(0, rows, window)]
 
 
 def length_windows(durations: np.ndarray, window: int, rng: np.random.Generator | None) -> list[np.ndarray]:
