@@ -94,6 +94,27 @@ def test_cropped_features_re_pad_exactly_to_the_window(tiny_model):
     assert out["mel_len"] == reference.lens.tolist()
 
 
+@pytest.mark.parametrize(
+    "samples",
+    [
+        (17_600, 48_040),  # the longest clip's last boundary frame lies past the span: one floor frame added
+        (16_000, 48_000),  # the span ends on the longest clip's last boundary frame
+        (16_000, 127_900),  # the span fills the window
+        (4_000,),
+    ],
+)
+def test_cropped_rows_equal_the_padded_window_cropped_bit_for_bit(samples):
+    udf = AudioFeatures(80, 800, 8.0)
+    clips = [speech_like(n / 16_000, seed=n)[:n] for n in samples]
+    clips[0] = clips[0] * 1e-7  # a quiet clip: its floor is the -10 decade floor, not peak - 8
+    out = udf._features(clips, "mel")
+    window = udf.frontend(clips)  # (B, 80, 800): the whole padded window
+    for i, n in enumerate(window.lens.tolist()):
+        keep = min(800, n + 3)
+        assert np.array_equal(out["mel"][i], window.mel[i, :, :keep].numpy())
+        assert out["mel_floor"][i] == float(window.mel[i, :, -1].min())
+
+
 @pytest.mark.parametrize("stage", [Stage.S1, Stage.S2A, Stage.S3A, Stage.S3B])
 def test_collate_builds_stage_batches(stage, tmp_path):
     udf = AudioFeatures(80, 800, 8.0)

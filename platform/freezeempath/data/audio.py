@@ -86,6 +86,16 @@ class Features:
     lens: torch.Tensor
 
 
+@dataclass(frozen=True)
+class SpanFeatures:
+    """Log-mel of a batch over its clips' span only: ``mel (B, n_mels, F)``, ``F`` ≤ the window; ``floor (B,)``,
+    each row's value in every frame from ``F`` to the window's end; valid frame counts ``lens (B,)``."""
+
+    mel: torch.Tensor
+    floor: torch.Tensor
+    lens: torch.Tensor
+
+
 class WhisperLogMel(torch.nn.Module):
     """Whisper's log-mel (n_fft 400, hop 160, Slaney mel, log10, 8-decade floor, ``(x + 4) / 4``).
 
@@ -117,10 +127,21 @@ class WhisperLogMel(torch.nn.Module):
     def forward(self, waves: list[torch.Tensor]) -> Features:
         """Mono 16 kHz clips (each at most one window) → padded features of one window each.
 
-        The STFT runs only over the longest clip plus ``N_FFT`` zero samples: every later frame of the
-        zero-padded window sees only zeros, so its value is the row's floor, filled in directly. The result
-        equals the whole-window computation exactly, at a fraction of its cost for short clips.
+        The STFT runs only over the longest clip plus ``N_FFT`` zero samples (:meth:`span`): every later
+        frame of the zero-padded window sees only zeros, so its value is the row's floor, filled in
+        directly. The result equals the whole-window computation exactly, at a fraction of its cost for
+        short clips.
         """
+        feats = self.span(waves)
+        pad = self.window_frames - feats.mel.shape[-1]
+        mel = feats.mel
+        if pad > 0:
+            mel = torch.cat([mel, feats.floor[:, None, None].expand(-1, mel.shape[1], pad)], dim=-1)
+        return Features(mel=mel, lens=feats.lens)
+
+    def span(self, waves: list[torch.Tensor]) -> SpanFeatures:
+        """Mono 16 kHz clips (each at most one window) → their log-mel over the clips' span, and each row's
+        floor: :meth:`forward` without the floor-filled rest of the window (which a cropping caller drops)."""
         if not waves:
             raise ValueError("no audio clips given")
         too_long = [w.numel() for w in waves if w.numel() > self.window_samples]
@@ -128,22 +149,20 @@ class WhisperLogMel(torch.nn.Module):
             raise ValueError(f"a clip has {too_long[0]} samples; one encoder window holds {self.window_samples}")
         # zeros past the clips cover the last clip-touching frame's reach (N_FFT / 2) and the reflect padding
         span = HOP_LENGTH * math.ceil((max(w.numel() for w in waves) + N_FFT) / HOP_LENGTH)
-        mel = self.log_mel(waves, min(span, self.window_samples))
+        mel, floor = self.log_mel(waves, min(span, self.window_samples))
         lens = torch.tensor([self.frame_count(w.numel()) for w in waves], dtype=torch.long)
-        return Features(mel=mel, lens=lens)
+        return SpanFeatures(mel=mel, floor=floor, lens=lens)
 
-    def log_mel(self, waves: list[torch.Tensor], samples: int) -> torch.Tensor:
-        """Clips zero-padded to ``samples`` → normalised log-mel ``(B, n_mels, window_frames)``; frames past
-        ``samples / hop`` take the row's floor (their whole-window value when ``samples`` clears the clips)."""
+    def log_mel(self, waves: list[torch.Tensor], samples: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Clips zero-padded to ``samples`` → normalised log-mel ``(B, n_mels, samples / hop)`` and each row's
+        normalised floor ``(B,)``: the value of a frame that sees only zeros (frames past ``samples / hop``,
+        when ``samples`` clears the clips)."""
         batch = torch.zeros(len(waves), samples)
         for i, w in enumerate(waves):
             batch[i, : w.numel()] = w
         spec = self.mel(batch)[..., :-1]  # (B, n_mels, frames): Whisper drops the last STFT frame
         log_spec = spec.clamp(min=1e-10).log10()
-        peak = log_spec.amax(dim=(1, 2), keepdim=True)
+        peak = log_spec.amax(dim=(1, 2))
         floor = torch.maximum(torch.full_like(peak, -10.0), peak - 8.0)  # an all-zero frame: log10(1e-10) → floor
-        log_spec = torch.maximum(log_spec, peak - 8.0)
-        pad = self.window_frames - log_spec.shape[-1]
-        if pad > 0:
-            log_spec = torch.cat([log_spec, floor.expand(-1, log_spec.shape[1], pad)], dim=-1)
-        return (log_spec + 4.0) / 4.0
+        log_spec = torch.maximum(log_spec, (peak - 8.0)[:, None, None])
+        return (log_spec + 4.0) / 4.0, (floor + 4.0) / 4.0

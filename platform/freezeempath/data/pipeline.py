@@ -130,13 +130,19 @@ class AudioFeatures:
     def _features(self, clips: list[Any], prefix: str) -> dict[str, list[Any]]:
         if not clips:
             return {prefix: [], f"{prefix}_len": [], f"{prefix}_floor": []}
-        feats = self.frontend(clips)
+        feats = self.frontend.span(clips)  # the window's floor-filled rest is never built: rows are cropped
+        window, frames = self.frontend.window_frames, feats.mel.shape[-1]
         mels, lens, floors = [], [], []
-        for mel, n in zip(feats.mel, feats.lens.tolist(), strict=True):
-            keep = min(mel.shape[1], n + BOUNDARY_FRAMES)
-            mels.append(mel[:, :keep].numpy())
+        for mel, floor, n in zip(feats.mel, feats.floor.tolist(), feats.lens.tolist(), strict=True):
+            keep = min(window, n + BOUNDARY_FRAMES)
+            row = mel[:, :keep].numpy()
+            if keep > frames:  # the longest clip's last boundary frame lies in the floor-filled rest
+                row = np.concatenate([row, np.full((row.shape[0], keep - frames), floor, row.dtype)], axis=1)
+            mels.append(row)
             lens.append(n)
-            floors.append(float(mel[:, -1].min()))  # the padded window's value: re-padding is exact
+            # the padded window's last frame, which re-padding repeats: the floor, or a computed frame when the
+            # span fills the window
+            floors.append(floor if frames < window else float(mel[:, -1].min()))
         return {prefix: mels, f"{prefix}_len": lens, f"{prefix}_floor": floors}
 
     def _count(self, reasons: Counter[str]) -> None:
