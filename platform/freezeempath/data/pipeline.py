@@ -213,7 +213,7 @@ def length_windows(durations: np.ndarray, window: int, rng: np.random.Generator 
     ``window``, the windows in ``rng``'s order (ascending length without one). Deterministic for a seed,
     as a restart's skip count needs."""
     order = np.argsort(durations, kind="stable")
-    windows = [order[s : s + window] for s in range(0, len(order), window)]
+    windows = [order[rows] for rows in read_windows(len(order), window)]
     if rng is not None:
         windows = [windows[i] for i in rng.permutation(len(windows))]
     return windows
