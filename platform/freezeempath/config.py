@@ -231,6 +231,9 @@ class TargetsConfig:
     """CPUs reserved per actor (also its torch thread count, at least 1)."""
     voice: str = "s0"
     """espeak-ng pseudo-speaker of the reply speech (``data.sample_corpus.SPEAKERS``)."""
+    tts_command: str = ""
+    """Another TTS program for the reply speech instead of espeak-ng: a command line with ``{text}``,
+    ``{out}``, ``{emotion}`` (``data.synthesis.CommandSynthesizer``); empty = espeak-ng with ``voice``."""
     codec_fit_clips: int = 256
     """Clips (a seeded sample of the shards' rows) the codec is fitted on; 0 = all."""
     codec_kmeans_iters: int = 20

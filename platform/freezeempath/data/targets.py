@@ -53,7 +53,7 @@ from freezeempath.data.shards import (
     read_stats,
     write_shard,
 )
-from freezeempath.data.synthesis import REPLY_VOICE, EspeakSynthesizer, Synthesizer
+from freezeempath.data.synthesis import REPLY_VOICE, CommandSynthesizer, EspeakSynthesizer, Synthesizer
 from freezeempath.data.template import Turn, stop_token_ids
 from freezeempath.labels import Emotion
 
@@ -262,7 +262,7 @@ class SpeechMaker:
                 emotion = REPLY_VOICE[Emotion.parse(row["emotion"]) if row["emotion"] else Emotion.NEUTRAL]
                 samples, rate = self.synthesizer.synthesize(row["reply"], emotion)
                 wave = validate_waveform(samples, rate, float("inf"), RATE).numpy()
-            except (subprocess.CalledProcessError, ValueError) as err:
+            except (subprocess.SubprocessError, ValueError) as err:  # failed, hung, or no audio
                 logger.warning("synthesis failed for %s: %s", row["id"], err)
                 skipped[SkipReason.SYNTHESIS_FAILED.value] += 1
                 continue
@@ -305,8 +305,15 @@ def build_maker(kind: TargetKind, cfg: Config, synthesizer: Callable[[], Synthes
     if kind is TargetKind.PSEUDO_EMPATHY:
         return PseudoEmpathyMaker(cfg)
     if kind is TargetKind.SPEECH:
-        return SpeechMaker((synthesizer or functools.partial(EspeakSynthesizer, cfg.targets.voice))())
+        return SpeechMaker((synthesizer or default_synthesizer(cfg))())
     return UnitsMaker(cfg)
+
+
+def default_synthesizer(cfg: Config) -> Callable[[], Synthesizer]:
+    """``targets.tts_command``'s program when set, else espeak-ng with ``targets.voice``."""
+    if cfg.targets.tts_command:
+        return functools.partial(CommandSynthesizer, cfg.targets.tts_command)
+    return functools.partial(EspeakSynthesizer, cfg.targets.voice)
 
 
 def make_shard(maker: Any, kind: TargetKind, shard: str, out: str, plan: Mapping[str, Any]) -> dict[str, Any]:
@@ -361,7 +368,8 @@ def make_targets(
         cfg: ``targets`` and ``model`` (LLM, generation, codec) are used.
         ser_shards: SER shards for ``pseudo_empathy`` (labelled rows are paired by split and label). The
             pairs are planned over all inputs, so a resumed run must get the same inputs and SER shards.
-        synthesizer: zero-argument factory of a :class:`Synthesizer` for ``speech`` (default espeak-ng).
+        synthesizer: zero-argument factory of a :class:`Synthesizer` for ``speech`` (default:
+            ``targets.tts_command``'s program, else espeak-ng).
 
     Returns:
         The summary, also written to ``out_dir/summary.json``.
