@@ -50,6 +50,11 @@ def test_command_synthesizer_fills_placeholders_and_names_bad_commands():
     assert sad.command("hi there", Emotion.SAD, "/o.wav") == ["true", "-w", "/o.wav", "{literal}", "sad", "hi there"]
     with pytest.raises(ValueError, match=r"unknown placeholder.*'voice'"):
         CommandSynthesizer("true -v {voice} {text}")
+    for positional in ("true {} {text}", "true {0}"):  # would need positional arguments
+        with pytest.raises(ValueError, match="unknown placeholder"):
+            CommandSynthesizer(positional)
+    with pytest.raises(ValueError, match="literal braces"):
+        CommandSynthesizer("true {text")
     with pytest.raises(ValueError, match="empty"):
         CommandSynthesizer("  ")
     with pytest.raises(FileNotFoundError, match="no-such-tts"):

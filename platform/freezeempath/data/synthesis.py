@@ -85,7 +85,12 @@ class CommandSynthesizer:
         self.argv = shlex.split(command)
         if not self.argv:
             raise ValueError("the TTS command is empty")
-        self.fields = {name for arg in self.argv for _, name, _, _ in string.Formatter().parse(arg) if name}
+        try:
+            self.fields = {
+                name for arg in self.argv for _, name, _, _ in string.Formatter().parse(arg) if name is not None
+            }
+        except ValueError as err:  # an unmatched brace
+            raise ValueError(f"TTS command {command!r}: {err} (write literal braces as {{{{ and }}}})") from None
         if unknown := self.fields - PLACEHOLDERS:
             raise ValueError(
                 f"unknown placeholder(s) {sorted(unknown)} in TTS command {command!r}; "
