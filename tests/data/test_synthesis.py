@@ -48,7 +48,7 @@ def test_command_synthesizer_reads_stdout_or_the_out_file_alike():
 def test_command_synthesizer_fills_placeholders_and_names_bad_commands():
     sad = CommandSynthesizer("true -w {out} {{literal}} {emotion} {text}")
     assert sad.command("hi there", Emotion.SAD, "/o.wav") == ["true", "-w", "/o.wav", "{literal}", "sad", "hi there"]
-    with pytest.raises(ValueError, match=r"unknown placeholder.*'voice'"):
+    with pytest.raises(ValueError, match=r"unknown placeholder.*'{voice}'"):
         CommandSynthesizer("true -v {voice} {text}")
     for positional in ("true {} {text}", "true {0}"):  # would need positional arguments
         with pytest.raises(ValueError, match="unknown placeholder"):

@@ -93,7 +93,7 @@ class CommandSynthesizer:
             raise ValueError(f"TTS command {command!r}: {err} (write literal braces as {{{{ and }}}})") from None
         if unknown := self.fields - PLACEHOLDERS:
             raise ValueError(
-                f"unknown placeholder(s) {sorted(unknown)} in TTS command {command!r}; "
+                f"unknown placeholder(s) {sorted('{' + n + '}' for n in unknown)} in TTS command {command!r}; "
                 f"use {sorted('{' + p + '}' for p in PLACEHOLDERS)}"
             )
         if shutil.which(self.argv[0]) is None:
