@@ -16,6 +16,8 @@ written to ``--out/report.json``)::
     python -m jobs.fit_codec --in "outputs/shards/sample/train-*.parquet" \\
         --heldout "outputs/shards/sample/test-*.parquet" --out outputs/codec/demo-espeak --config demo
     python -m jobs.fit_codec --in "outputs/shards/ravdess/train-*" --out outputs/codec/tiny --config tiny --no-wer
+    python -m jobs.fit_codec --in "outputs/shards/ravdess/train-*" "outputs/shards/tts/*" --out outputs/codec/mix \
+        --config demo targets.codec_fit_clips=0 model.codec.kind=encoder_vq   # + many TTS voices (jobs.synthesize)
     ray job submit --working-dir . -- python -m jobs.fit_codec --in /shared/shards/esd --out /shared/codec/demo \\
         --config demo targets.codec_fit_clips=2000
     python -m jobs.fit_codec --evaluate outputs/codec/demo --heldout "outputs/shards/other/*.parquet"
