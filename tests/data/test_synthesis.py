@@ -15,7 +15,7 @@ from freezeempath.data.recipes import jsonl_manifest
 from freezeempath.data.shards import encode_flac
 from freezeempath.data.synthesis import CommandSynthesizer, EspeakSynthesizer, Synthesizer
 from freezeempath.data.targets import SpeechMaker, default_synthesizer
-from freezeempath.data.tts_corpus import parse_voice, read_sentences, synthesize_corpus
+from freezeempath.data.tts_corpus import clip_id, parse_voice, read_sentences, synthesize_corpus
 from freezeempath.labels import Emotion
 
 from jobs import synthesize as synthesize_job
@@ -82,11 +82,18 @@ def test_tts_corpus_job_writes_a_manifest_per_voice_slice_and_resumes(tmp_path, 
     text.write_text("\n".join([SENTENCES[0], "", *SENTENCES, SENTENCES[1]]) + "\n")
     assert read_sentences(text) == list(SENTENCES)
     out = tmp_path / "tts"
-    voices = ["s0", "cmd=espeak-ng -v en-us -w {out} {text}", "broken=false"]
+    header_only = "import sys, wave; w = wave.open(sys.argv[1], 'wb'); w.setnchannels(1); w.setsampwidth(2); "
+    header_only += "w.setframerate(16000); w.close()"
+    voices = [
+        "s0",
+        "cmd=espeak-ng -v en-us -w {out} {text}",
+        "broken=false",
+        f'hollow=python3 -c "{header_only}" {{out}}',
+    ]
     summary = synthesize_job.main(["--text", str(text), "--out", str(out), "--per-voice", "2", "--voice", *voices])
     assert json.loads(capsys.readouterr().out) == summary
     assert (summary["clips"], summary["written"], summary["kept"]) == (4, 4, 0)
-    assert summary["failed"] == {"broken": 2} and summary["seconds"] > 2
+    assert summary["failed"] == {"broken": 2, "hollow": 2} and summary["seconds"] > 2  # hollow: 0 samples
     rows = list(jsonl_manifest(out / "manifest.jsonl"))
     assert [(r.speaker, r.transcript) for r in rows] == [  # voice k speaks sentences 2k, 2k + 1 (cycling)
         ("s0", SENTENCES[0]),
@@ -96,9 +103,18 @@ def test_tts_corpus_job_writes_a_manifest_per_voice_slice_and_resumes(tmp_path, 
     ]
     assert all(Path(r.audio_path).is_file() and r.split.value == "train" for r in rows)
 
-    (out / "audio" / "cmd-00001.flac").unlink()
-    again = synthesize_corpus(list(SENTENCES), dict(map(parse_voice, voices[:2])), out, per_voice=2)
-    assert (again.clips, again.written, again.kept, again.failed) == (4, 1, 3, {})
+    assert all(r.id == f"jsonl-{clip_id(r.speaker, r.transcript)}" for r in rows)
+
+    Path(rows[3].audio_path).unlink()  # lost: spoken again; an edited sentence: spoken anew, its old clip unused
+    edited = [SENTENCES[0], "Glue the sheet to the light blue background.", SENTENCES[2]]
+    again = synthesize_corpus(edited, dict(map(parse_voice, voices[:2])), out, per_voice=2)
+    assert (again.clips, again.written, again.kept, again.failed) == (4, 2, 2, {})
+    assert [r.transcript for r in jsonl_manifest(out / "manifest.jsonl")] == [
+        edited[0],
+        edited[1],
+        *edited[2:],
+        edited[0],
+    ]
 
 
 def test_parse_voice_fails_fast_on_bad_specs(tmp_path):

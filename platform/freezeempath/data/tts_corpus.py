@@ -1,16 +1,18 @@
 """Fitting speech from TTS voices: sentences spoken by several engines → audio files and a JSONL manifest.
 
 In: sentences and named voices (:class:`~freezeempath.data.synthesis.Synthesizer`s). Out:
-``out/audio/<voice>-<n>.flac`` and ``out/manifest.jsonl`` (``audio``, ``text``, ``speaker``, ``split``,
+``out/audio/<voice>-<text hash>.flac`` and ``out/manifest.jsonl`` (``audio``, ``text``, ``speaker``, ``split``,
 ``id``), the generic manifest that ``jobs.prepare --corpus jsonl`` turns into shards. A codec fitted on
 many voices and sentences carries over to new speakers better than one fitted on a single corpus (README,
 codec round trip). Each voice speaks its own slice of the sentences, so more voices bring more sentences
-too. Reruns keep the clips already written.
+too. Reruns keep the clips already written (named by voice and sentence, so an edited sentence is spoken
+anew).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import re
@@ -77,10 +79,11 @@ def synthesize_corpus(
     present; a failed clip is logged, counted and left out."""
     out = Path(out)
     (out / "audio").mkdir(parents=True, exist_ok=True)
-    plans = {
-        name: [(f"{name}-{j:05d}", sentences[(k * per_voice + j) % len(sentences)]) for j in range(per_voice)]
+    texts = {
+        name: [sentences[(k * per_voice + j) % len(sentences)] for j in range(per_voice)]
         for k, name in enumerate(voices)
     }
+    plans = {name: [(clip_id(name, text), text) for text in texts[name]] for name in voices}
     with ThreadPoolExecutor(max(1, workers)) as pool:
         results = dict(zip(voices, pool.map(lambda v: _speak(voices[v], v, plans[v], out), voices), strict=True))
     lines = [line for name in voices for line in results[name][0]]
@@ -97,6 +100,11 @@ def synthesize_corpus(
     )
 
 
+def clip_id(voice: str, text: str) -> str:
+    """``<voice>-<hash of the text>``: a rerun keeps a clip only if it still says the same sentence."""
+    return f"{voice}-{hashlib.sha1(text.encode()).hexdigest()[:12]}"
+
+
 def _speak(factory: Callable[[], Synthesizer], voice: str, plan: list[tuple[str, str]], out: Path) -> tuple:
     """One voice's clips → (manifest lines, clips written, clips failed)."""
     synthesizer, lines, written, failed = None, [], 0, 0
@@ -106,7 +114,10 @@ def _speak(factory: Callable[[], Synthesizer], voice: str, plan: list[tuple[str,
             synthesizer = synthesizer or factory()  # loads only when a clip is missing
             try:
                 samples, rate = synthesizer.synthesize(text, Emotion.NEUTRAL)
-                _write_atomic(path, encode_flac(to_mono(samples).numpy(), rate))
+                wave = to_mono(samples)
+                if not wave.numel():
+                    raise ValueError("the engine returned 0 samples")
+                _write_atomic(path, encode_flac(wave.numpy(), rate))
                 written += 1
             except (subprocess.SubprocessError, ValueError, OSError) as err:  # the engine failed: count, go on
                 logger.warning("voice %s failed on %s: %s", voice, clip_id, err)
