@@ -109,12 +109,12 @@ def test_tts_corpus_job_writes_a_manifest_per_voice_slice_and_resumes(tmp_path, 
     edited = [SENTENCES[0], "Glue the sheet to the light blue background.", SENTENCES[2]]
     again = synthesize_corpus(edited, dict(map(parse_voice, voices[:2])), out, per_voice=2)
     assert (again.clips, again.written, again.kept, again.failed) == (4, 2, 2, {})
-    assert [r.transcript for r in jsonl_manifest(out / "manifest.jsonl")] == [
-        edited[0],
-        edited[1],
-        *edited[2:],
-        edited[0],
-    ]
+    spoken = [r.transcript for r in jsonl_manifest(out / "manifest.jsonl")]
+    assert spoken == [edited[0], edited[1], edited[2], edited[0]]
+    # more clips per voice than sentences: each sentence once per voice, never a repeated clip
+    more = synthesize_corpus(edited, dict(map(parse_voice, voices[:2])), out, per_voice=5)
+    ids = [r.id for r in jsonl_manifest(out / "manifest.jsonl")]
+    assert more.clips == len(ids) == len(set(ids)) == 6 and more.written == 2
 
 
 def test_parse_voice_fails_fast_on_bad_specs(tmp_path):

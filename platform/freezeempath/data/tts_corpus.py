@@ -74,13 +74,14 @@ def synthesize_corpus(
     per_voice: int,
     workers: int = 2,
 ) -> TTSCorpusSummary:
-    """Voice ``k`` speaks sentences ``k·per_voice …`` (cycling) in the neutral style; voices run in
+    """Voice ``k`` speaks sentences ``k·per_voice …`` (cycling; each at most once, so at most
+    ``len(sentences)`` clips per voice) in the neutral style; voices run in
     ``workers`` threads (the engines are subprocesses). Writes the clips, then the manifest of every clip
     present; a failed clip is logged, counted and left out."""
     out = Path(out)
     (out / "audio").mkdir(parents=True, exist_ok=True)
     texts = {
-        name: [sentences[(k * per_voice + j) % len(sentences)] for j in range(per_voice)]
+        name: [sentences[(k * per_voice + j) % len(sentences)] for j in range(min(per_voice, len(sentences)))]
         for k, name in enumerate(voices)
     }
     plans = {name: [(clip_id(name, text), text) for text in texts[name]] for name in voices}
