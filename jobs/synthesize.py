@@ -33,7 +33,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--text", required=True, help="UTF-8 text file, one sentence per line")
     parser.add_argument("--out", required=True, help="folder for audio/ and manifest.jsonl (existing clips kept)")
     parser.add_argument("--voice", nargs="+", required=True, help="espeak pseudo-speaker (s0…s7) or NAME=COMMAND")
-    parser.add_argument("--per-voice", type=int, default=200, help="sentences each voice speaks")
+    parser.add_argument("--per-voice", type=int, default=200, help="sentences each voice speaks (each at most once)")
     parser.add_argument("--workers", type=int, default=2, help="voices synthesised at a time")
     args = parser.parse_args(argv)
     if args.per_voice < 1:
