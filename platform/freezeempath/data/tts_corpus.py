@@ -23,7 +23,7 @@ from pathlib import Path
 
 import soundfile as sf
 
-from freezeempath.data.audio import to_mono
+from freezeempath.data.audio import validate_waveform
 from freezeempath.data.shards import encode_flac
 from freezeempath.data.synthesis import CommandSynthesizer, EspeakSynthesizer, Synthesizer
 from freezeempath.labels import Emotion
@@ -80,11 +80,11 @@ def synthesize_corpus(
     present; a failed clip is logged, counted and left out."""
     out = Path(out)
     (out / "audio").mkdir(parents=True, exist_ok=True)
-    texts = {
-        name: [sentences[(k * per_voice + j) % len(sentences)] for j in range(min(per_voice, len(sentences)))]
-        for k, name in enumerate(voices)
+    spoken = min(per_voice, len(sentences))
+    slices = {
+        name: [sentences[(k * per_voice + j) % len(sentences)] for j in range(spoken)] for k, name in enumerate(voices)
     }
-    plans = {name: [(clip_id(name, text), text) for text in texts[name]] for name in voices}
+    plans = {name: [(clip_id(name, text), text) for text in texts] for name, texts in slices.items()}
     with ThreadPoolExecutor(max(1, workers)) as pool:
         results = dict(zip(voices, pool.map(lambda v: _speak(voices[v], v, plans[v], out), voices), strict=True))
     lines = [line for name in voices for line in results[name][0]]
@@ -109,22 +109,20 @@ def clip_id(voice: str, text: str) -> str:
 def _speak(factory: Callable[[], Synthesizer], voice: str, plan: list[tuple[str, str]], out: Path) -> tuple:
     """One voice's clips → (manifest lines, clips written, clips failed)."""
     synthesizer, lines, written, failed = None, [], 0, 0
-    for n, (clip_id, text) in enumerate(plan, 1):
-        path = out / "audio" / f"{clip_id}.flac"
+    for n, (uid, text) in enumerate(plan, 1):
+        path = out / "audio" / f"{uid}.flac"
         if not path.exists():
             synthesizer = synthesizer or factory()  # loads only when a clip is missing
             try:
                 samples, rate = synthesizer.synthesize(text, Emotion.NEUTRAL)
-                wave = to_mono(samples)
-                if not wave.numel():
-                    raise ValueError("the engine returned 0 samples")
+                wave = validate_waveform(samples, rate, float("inf"), rate)  # mono, finite, not empty
                 _write_atomic(path, encode_flac(wave.numpy(), rate))
                 written += 1
             except (subprocess.SubprocessError, ValueError, OSError) as err:  # the engine failed: count, go on
-                logger.warning("voice %s failed on %s: %s", voice, clip_id, err)
+                logger.warning("voice %s failed on %s: %s", voice, uid, err)
                 failed += 1
                 continue
-        lines.append({"audio": f"audio/{path.name}", "text": text, "speaker": voice, "split": "train", "id": clip_id})
+        lines.append({"audio": f"audio/{path.name}", "text": text, "speaker": voice, "split": "train", "id": uid})
         if n % LOG_EVERY == 0 or n == len(plan):
             logger.info("voice %s: %d/%d clips (%d written now, %d failed)", voice, n, len(plan), written, failed)
     return lines, written, failed
