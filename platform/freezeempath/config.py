@@ -197,6 +197,10 @@ class DataConfig:
     """CPUs per read task of stage-3 reply-state caches (audio shards are read inside the feature actors)."""
     shuffle_seed: int = 0
     """Seed of the shard order, the same in every epoch (a restart mid-epoch relies on it); < 0: path order."""
+    batch_shuffle: int = 8
+    """Micro-batches each Train worker holds to reorder its stream, reseeded every epoch from
+    (``shuffle_seed``, epoch, rank): epochs differ, a restart replays its epoch's order. 0 or 1, or
+    ``shuffle_seed`` < 0: the stream's order."""
     shard_rows: int = 256
     """Rows per Parquet shard written by ``jobs.prepare``."""
     validation_fraction: float = 0.1
@@ -208,6 +212,7 @@ class DataConfig:
         _check(self.feature_workers >= 1, "data.feature_workers must be >= 1")
         _check(self.feature_batch >= 1, "data.feature_batch must be >= 1")
         _check(self.feature_prefetch >= 1, "data.feature_prefetch must be >= 1")
+        _check(self.batch_shuffle >= 0, "data.batch_shuffle must be >= 0")
 
 
 @dataclass(frozen=True)

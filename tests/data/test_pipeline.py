@@ -12,6 +12,7 @@ from freezeempath.data.pipeline import (
     BlockFeatures,
     build_dataset,
     check_shard_columns,
+    epoch_order,
     length_windows,
     skip_counter,
 )
@@ -62,6 +63,26 @@ def test_length_windows_cut_sorted_durations_in_seeded_order():
     assert [w.tolist() for w in windows] == [w.tolist() for w in again]
     ascending = [durations[w].max() for w in length_windows(durations, 4, None)]
     assert ascending == sorted(durations[w].max() for w in windows)
+
+
+def test_epoch_order_reshuffles_each_epoch_and_replays_one():
+    stream = [f"m{i}" for i in range(40)]
+    pulled = []
+
+    def source():
+        for item in stream:
+            pulled.append(item)
+            yield item
+
+    first = epoch_order(source(), 8, 0, epoch=0, rank=0)
+    assert next(first) in stream[:9] and len(pulled) == 9  # holds at most 8 ahead of what it yields
+    orders = {(e, r): list(epoch_order(stream, 8, 0, e, r)) for e in (0, 1) for r in (0, 1)}
+    assert all(sorted(o) == sorted(stream) for o in orders.values())  # every micro-batch once
+    assert len({tuple(o) for o in orders.values()}) == 4  # each epoch and rank its own order
+    assert list(epoch_order(stream, 8, 0, 1, 0)) == orders[(1, 0)]  # a restart replays its epoch
+    assert list(epoch_order(stream, 8, -1, 1, 0)) == list(epoch_order(stream, 1, 0, 1, 0)) == stream
+    positions = [orders[(1, 0)].index(m) for m in stream]
+    assert min(p - i for i, p in enumerate(positions)) >= -8  # none leaves before it could have arrived
 
 
 def test_missing_column_fails_fast_naming_it(tmp_path):

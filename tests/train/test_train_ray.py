@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 from freezeempath.config import load_config
+from freezeempath.data.pipeline import epoch_order
 from freezeempath.train.run import run_training
 from freezeempath.train.stages import Stage
 from helpers import STAGE_ZERO_RAY, check_fit_outputs, read_jsonl, write_tiny_shards
@@ -98,7 +99,12 @@ def test_killed_worker_resumes_without_repeating_or_losing_steps_or_rows(ray_loc
     for log in logs:
         assert [(x["epoch"], x["micro"]) for x in log] == [(0, 1), (0, 2), (0, 3), (1, 1), (1, 2)]
     assert sorted(i for log in logs for x in log[:3] for i in x["ids"]) == [f"u{i:03d}" for i in range(12)]
-    # every epoch streams the same rows in the same order, so after the restart (a new Ray Data execution)
-    # each rank skipped exactly the rows it had consumed: its epoch 2 so far is its epoch 1's beginning
-    for log in logs:
-        assert [x["ids"] for x in log[3:]] == [x["ids"] for x in log[:2]]
+    # every epoch streams the same micro-batches, each rank reorders them with a generator seeded by the
+    # epoch and its rank: after the restart (a new Ray Data execution) each rank skipped exactly the
+    # micro-batches it had consumed, in its epoch 2's own order
+    data = cfg.data
+    for rank, log in enumerate(logs):
+        first, second = (list(epoch_order(range(3), data.batch_shuffle, data.shuffle_seed, e, rank)) for e in (0, 1))
+        stream = [log[first.index(i)]["ids"] for i in range(3)]  # the order the shard streamed them in
+        assert [x["ids"] for x in log[3:]] == [stream[i] for i in second[:2]]
+    assert any([x["ids"] for x in log[3:]] != [x["ids"] for x in log[:2]] for log in logs)  # epochs differ

@@ -12,13 +12,15 @@ from __future__ import annotations
 import logging
 import zlib
 from collections import Counter
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Iterable, Iterator
+from typing import Any, TypeVar
 
 import numpy as np
 
 from freezeempath.config import Config
 from freezeempath.train.stages import Stage
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -219,6 +221,30 @@ def length_windows(durations: np.ndarray, window: int, rng: np.random.Generator 
     return windows
 
 
+def epoch_order(items: Iterable[T], size: int, seed: int, epoch: int, rank: int) -> Iterator[T]:
+    """One worker's micro-batches of one epoch, reordered through a buffer of ``size`` (``buffer_shuffle``)
+    seeded by (``seed``, ``epoch``, ``rank``); ``seed`` < 0 or ``size`` ≤ 1 keeps the stream's order."""
+    if seed < 0 or size <= 1:
+        return iter(items)
+    return buffer_shuffle(items, size, np.random.default_rng([seed, epoch, rank]))
+
+
+def buffer_shuffle(items: Iterable[T], size: int, rng: np.random.Generator) -> Iterator[T]:
+    """``items`` reordered through a buffer of ``size``: once it is full, each arrival takes the place of a
+    random held item, which leaves; the last ``size`` leave in random order. The order depends only on the
+    number of items and ``rng``'s state, so one seed replays one order over the same stream."""
+    held: list[T] = []
+    for item in items:
+        if len(held) < size:
+            held.append(item)
+            continue
+        i = int(rng.integers(size))
+        yield held[i]
+        held[i] = item
+    for i in rng.permutation(len(held)):
+        yield held[i]
+
+
 def sort_by_length(batch: dict[str, Any]) -> dict[str, Any]:
     """Length bucketing: order the rows of one feature batch by valid frames so micro-batches pad little."""
     order = np.argsort(np.asarray(batch["mel_len"], dtype=np.int64), kind="stable")
@@ -231,6 +257,7 @@ def read_shards(cfg: Config, paths: list[str], columns: list[str], num_cpus: flo
     The seeded file order is the same in every epoch: Ray would reseed per execution, and a worker group
     restarted mid-epoch starts a new execution count, so its epoch would stream other rows than the
     checkpoint's skip count refers to (with ``preserve_order`` at ingest, the row order is fixed too).
+    Epochs differ downstream: each Train worker reorders its micro-batches per epoch (:func:`epoch_order`).
     """
     import ray
 

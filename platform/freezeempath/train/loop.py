@@ -5,7 +5,8 @@ metrics reported through ``ray.train.report`` on every rank, and at the end the 
 (trained weights only + ``config.yaml``) written by rank 0; each rank logs the row ids of every
 micro-batch it trains on. A restarted worker group resumes from the last reported checkpoint and skips
 the micro-batches of the epoch it had already consumed: the same rows, since ingest keeps one row order
-(``train.run.ingest_options``, ``data.pipeline.read_shards``).
+(``train.run.ingest_options``, ``data.pipeline.read_shards``) and each worker reorders its micro-batches
+with a generator seeded by the epoch and its rank (``data.pipeline.epoch_order``), so epochs differ.
 """
 
 from __future__ import annotations
@@ -80,6 +81,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train
 
     from freezeempath.data.collate import Collator
+    from freezeempath.data.pipeline import epoch_order
     from freezeempath.train.losses import total_loss
     from freezeempath.train.metrics import StepMeter
     from freezeempath.train.stages import loss_weights
@@ -99,10 +101,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     weights = loss_weights(stage, cfg.model.emotion.aux_weight)
     collate = Collator(model.llm.tokenizer, stage, cfg.model.encoder.window_frames)
     shard = ray.train.get_dataset_shard("train")
+    rank = ray.train.get_context().get_world_rank()
     meter = StepMeter(stage)
     while progress.epoch < cfg.train.epochs and not done(progress, cfg):
         batches = shard.iter_torch_batches(batch_size=cfg.train.micro_batch, collate_fn=collate, drop_last=True)
-        for index, batch in enumerate(_timed(batches, meter)):
+        order = epoch_order(batches, cfg.data.batch_shuffle, cfg.data.shuffle_seed, progress.epoch, rank)
+        for index, batch in enumerate(_timed(order, meter)):
             if index < progress.micro:  # consumed before a restart: neither repeat nor lose it
                 continue
             model.train()
