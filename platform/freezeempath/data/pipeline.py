@@ -223,7 +223,10 @@ def length_windows(durations: np.ndarray, window: int, rng: np.random.Generator 
 
 def epoch_order(items: Iterable[T], size: int, seed: int, epoch: int, rank: int) -> Iterator[T]:
     """One worker's micro-batches of one epoch, reordered through a buffer of ``size`` (``buffer_shuffle``)
-    seeded by (``seed``, ``epoch``, ``rank``); ``seed`` < 0 or ``size`` ≤ 1 keeps the stream's order."""
+    seeded by (``seed``, ``epoch``, ``rank``); ``seed`` < 0 or ``size`` ≤ 1 keeps the stream's order.
+
+    Not Ray's ``local_shuffle_buffer_size``: that mixes rows, which would undo the length buckets the
+    micro-batches are cut from; this moves whole micro-batches."""
     if seed < 0 or size <= 1:
         return iter(items)
     return buffer_shuffle(items, size, np.random.default_rng([seed, epoch, rank]))
