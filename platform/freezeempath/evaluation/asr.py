@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+import torchaudio
 
 from freezeempath import presets
 from freezeempath.data.audio import WhisperLogMel
@@ -228,13 +229,7 @@ def normalize_words(text: str) -> list[str]:
 
 def edit_distance(reference: Sequence[str], hypothesis: Sequence[str]) -> int:
     """Levenshtein distance between two word sequences (substitutions, insertions, deletions)."""
-    previous = list(range(len(hypothesis) + 1))
-    for i, word in enumerate(reference, start=1):
-        current = [i]
-        for j, other in enumerate(hypothesis, start=1):
-            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (word != other)))
-        previous = current
-    return previous[-1]
+    return torchaudio.functional.edit_distance(list(reference), list(hypothesis))
 
 
 def wer(reference: str, hypothesis: str) -> float:
