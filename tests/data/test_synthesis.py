@@ -48,6 +48,7 @@ def test_command_synthesizer_reads_stdout_or_the_out_file_alike():
 def test_command_synthesizer_fills_placeholders_and_names_bad_commands():
     sad = CommandSynthesizer("true -w {out} {{literal}} {emotion} {text}")
     assert sad.command("hi there", Emotion.SAD, "/o.wav") == ["true", "-w", "/o.wav", "{literal}", "sad", "hi there"]
+    assert sad.command("-- hi - there", Emotion.SAD, "/o.wav")[-1] == "hi - there"  # not an option
     with pytest.raises(ValueError, match=r"unknown placeholder.*'{voice}'"):
         CommandSynthesizer("true -v {voice} {text}")
     for positional in ("true {} {text}", "true {0}"):  # would need positional arguments

@@ -102,8 +102,12 @@ class CommandSynthesizer:
         self._work = tempfile.TemporaryDirectory(prefix="freezeempath-tts-")  # removed with the object
 
     def command(self, text: str, emotion: Emotion, out: str) -> list[str]:
-        """The argv that speaks ``text`` into ``out`` (where the command names ``{out}``)."""
-        return [arg.format(text=text, out=out, emotion=emotion.value) for arg in self.argv]
+        """The argv that speaks ``text`` into ``out`` (where the command names ``{out}``).
+
+        Leading dashes leave ``{text}`` (they are not spoken): in argv they would read as an option.
+        """
+        spoken = text.lstrip("-\u2013\u2014 \t")
+        return [arg.format(text=spoken, out=out, emotion=emotion.value) for arg in self.argv]
 
     def synthesize(self, text: str, emotion: Emotion) -> tuple[np.ndarray, int]:
         """Run the program once → its audio, decoded (any format soundfile reads).
