@@ -14,6 +14,7 @@ import torch
 import torchaudio
 from freezeempath.config import load_config
 from freezeempath.model.codec import CodecFitReport, MelKMeansCodec, SpeechCodec, build_codec
+from freezeempath.model.content import own_states
 from freezeempath.model.vq_codec import MelVQCodec
 from helpers import CODEC_HOP as HOP
 from helpers import TINY_CODEC as TINY
@@ -123,3 +124,13 @@ def test_encoder_vq_needs_the_encoder_and_its_frame_rate() -> None:
         build_codec(ENC_VQ)
     with pytest.raises(ValueError, match="one unit per encoder state"):
         build_codec(dataclasses.replace(ENC_VQ, sample_rate=8000, n_fft=512), ENCODER)
+
+
+def test_content_states_own_their_storage_so_padded_batches_are_freed() -> None:
+    padded = torch.randn(1500, 8)  # one row of an encoder batch, padded to the window
+    states = own_states(padded, 10, 11)  # 10 valid states, 11 codec frames: the last repeated
+    assert states.shape == (11, 8) and torch.equal(states[:10], padded[:10]) and torch.equal(states[10], padded[9])
+    cut = own_states(padded, 10, 9)  # one state more than codec frames: cut
+    assert torch.equal(cut, padded[:9])
+    for own in (states, cut):  # not the 1500-row batch
+        assert own.untyped_storage().nbytes() == own.numel() * own.element_size()

@@ -64,8 +64,14 @@ class SpeechContent:
             feats = frontend([w.cpu() for _, w in chunk])
             out = encoder(feats.mel, feats.lens)  # last (B, T, d_model)
             for b, ((i, piece), n) in enumerate(zip(chunk, out.lens.tolist(), strict=True)):
-                states[i].append(fit_length(out.last[b, :n], -(-piece.numel() // STATE_HOP)))
+                states[i].append(own_states(out.last[b], n, -(-piece.numel() // STATE_HOP)))
         return [fit_length(torch.cat(s), t) for s, t in zip(states, frames, strict=True)]
+
+
+def own_states(padded: torch.Tensor, n: int, frames: int) -> torch.Tensor:
+    """A batch row ``(T, D)`` with ``n`` valid states → ``(frames, D)`` (:func:`fit_length`) in storage of its
+    own: a view would keep the whole padded batch alive, every pass's, until all clips are encoded."""
+    return fit_length(padded[:n], frames).clone()
 
 
 def fit_length(states: torch.Tensor, frames: int) -> torch.Tensor:
