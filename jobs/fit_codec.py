@@ -38,7 +38,7 @@ from typing import Any
 
 import yaml
 from freezeempath.config import CodecConfig, Config, from_dict, load_config, save_config
-from freezeempath.data.codec_fit import fit_codec, read_waves
+from freezeempath.data.codec_fit import fit_codec, map_large_allocations, read_waves
 from freezeempath.data.shards import list_shards
 
 log = logging.getLogger("jobs.fit_codec")
@@ -68,6 +68,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = load_config(args.config, args.overrides)
+    map_large_allocations()  # else long fits fragment the heap (codec_fit.map_large_allocations)
     if args.evaluate is not None:
         report = {
             "codec_dir": str(args.evaluate),
