@@ -41,6 +41,11 @@ def map_large_allocations(threshold: int = MMAP_THRESHOLD) -> bool:
     return bool(libc.mallopt(M_MMAP_THRESHOLD, threshold))
 
 
+def decode_clip(data: bytes | None) -> torch.Tensor:
+    """A row's audio bytes → mono float32 ``(N,)`` at 16 kHz, any length; ``ValueError`` names the problem."""
+    return validate_waveform(*decode_audio(data or b""), float("inf"), RATE)
+
+
 def read_waves(shards: str | Sequence[str], column: str = "audio", limit: int = 0, seed: int = 0) -> list[torch.Tensor]:
     """Mono 16 kHz clips of ``column``: a seeded sample of ``limit`` rows (0 = all); bad rows left out."""
     keys = [(s, i) for s in list_shards(shards) for i in range(pq.read_metadata(s).num_rows)]
@@ -51,7 +56,7 @@ def read_waves(shards: str | Sequence[str], column: str = "audio", limit: int = 
         table = pq.read_table(shard, columns=[column]).take([i for s, i in keys if s == shard])
         for data in table.column(column).to_pylist():
             try:
-                waves.append(validate_waveform(*decode_audio(data or b""), float("inf"), RATE))
+                waves.append(decode_clip(data))
             except ValueError:
                 logger.warning("skipped an undecodable %s clip in %s", column, shard)
     return waves

@@ -26,10 +26,9 @@ import pyarrow.parquet as pq
 import torch
 import torchaudio
 
-from freezeempath.data.audio import decode_audio, validate_waveform
+from freezeempath.data.codec_fit import RATE, decode_clip
 from freezeempath.data.shards import REQUIRED_COLUMNS, Split, encode_flac, list_shards, read_stats, write_shard
 
-RATE = 16_000
 GAP_SECONDS = 0.2  # silence between joined clips
 
 log = logging.getLogger(__name__)
@@ -151,7 +150,7 @@ def _decoded(shard: str, skipped: Counter) -> tuple[list[dict[str, Any]], list[t
     rows, waves = [], []
     for row in pq.read_table(shard, columns=list(REQUIRED_COLUMNS)).to_pylist():
         try:
-            wave = validate_waveform(*decode_audio(row["audio"] or b""), float("inf"), RATE)
+            wave = decode_clip(row["audio"])
         except ValueError:
             skipped["bad_audio"] += 1
             continue
