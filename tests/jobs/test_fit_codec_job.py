@@ -5,7 +5,9 @@ from __future__ import annotations
 import importlib.util
 import json
 
+import pyarrow.parquet as pq
 import pytest
+from freezeempath.evaluation.asr import corpus_wer
 from helpers import write_tiny_shards
 
 from jobs import fit_codec
@@ -36,11 +38,25 @@ def test_evaluate_reports_a_saved_codec_on_held_out_shards_and_writes_nothing(sh
     fit_codec.main(["--in", shard, "--out", str(codec), "--config", "tiny", "--no-wer", *TINY, "model.codec.n_units=8"])
     before = {p.name: p.stat().st_mtime_ns for p in codec.iterdir()}
     # the codec's own codec_config.yaml gives its shape: the preset's n_units differs and must not matter
-    report = fit_codec.main(["--evaluate", str(codec), "--heldout", shard, "--config", "tiny", *TINY])
+    lines = tmp_path / "out" / "transcripts.jsonl"
+    argv = ["--evaluate", str(codec), "--heldout", shard, "--transcripts", str(lines), "--config", "tiny", *TINY]
+    report = fit_codec.main(argv)
     assert set(report["wer"]) == {"bundled_question", "heldout_shards"}
     held = report["wer"]["heldout_shards"]
     assert held["clips"] == 3 and held["wer_original"] >= 0 and held["wer_round_trip"] >= 0
     assert {p.name: p.stat().st_mtime_ns for p in codec.iterdir()} == before
+    # one line per clip, whose transcripts give back the reported WER
+    rows = [json.loads(line) for line in lines.read_text().splitlines()]
+    shard_rows = pq.read_table(shard, columns=["id", "transcript"]).to_pylist()
+    assert [(r["id"], r["reference"]) for r in rows if r["set"] == "heldout_shards"] == [
+        (r["id"], r["transcript"]) for r in shard_rows
+    ]
+    assert [r["set"] for r in rows].count("bundled_question") == 1
+    for name, figures in report["wer"].items():
+        mine = [r for r in rows if r["set"] == name]
+        for column, key in (("original", "wer_original"), ("round_trip", "wer_round_trip")):
+            got = corpus_wer([r["reference"] for r in mine], [r[column] for r in mine])
+            assert round(got, 4) == figures[key]
 
 
 def test_evaluate_names_a_folder_that_holds_no_fitted_codec(tmp_path):
@@ -50,9 +66,15 @@ def test_evaluate_names_a_folder_that_holds_no_fitted_codec(tmp_path):
 
 @pytest.mark.parametrize(
     "argv",
-    [["--in", "x"], ["--out", "y"], ["--evaluate", "c", "--out", "y"], ["--evaluate", "c", "--no-wer"]],
+    [
+        ["--in", "x"],
+        ["--out", "y"],
+        ["--evaluate", "c", "--out", "y"],
+        ["--evaluate", "c", "--no-wer"],
+        ["--in", "x", "--out", "y", "--no-wer", "--transcripts", "t.jsonl"],
+    ],
 )
-def test_fit_needs_in_and_out_and_evaluate_takes_neither(argv):
+def test_fit_needs_in_and_out_evaluate_takes_neither_and_transcripts_need_the_wer(argv):
     with pytest.raises(SystemExit) as err:
         fit_codec.parse_args(argv)
     assert err.value.code == 2
