@@ -245,6 +245,10 @@ class TargetsConfig:
     codec_decoder_steps: int = 0
     """Codec training steps; 0 = the kind's default (``mel_kmeans``: 300 full-batch steps of its decoder;
     ``mel_vq`` and ``encoder_vq``: 6000 mini-batch steps of encoder, codes and decoder)."""
+    codec_crops: str = "clip"
+    """How ``mel_vq`` / ``encoder_vq`` fits draw training crops: ``clip`` (each clip equally often; a clip
+    shorter than a crop is padded with its last frame, which the loss counts) or ``audio`` (clips in
+    proportion to their frames, padding left out of the loss)."""
     heldout_clips: int = 48
     """Held-out real clips (RAVDESS test actors, seeded sample) for the codec's WER check; 0 = all."""
 
@@ -254,6 +258,8 @@ class TargetsConfig:
         _check(self.pairs_per_ser_clip >= 1, "targets.pairs_per_ser_clip must be >= 1")
         _check(self.actors >= 1 and self.actor_cpus > 0, "targets.actors must be >= 1 and actor_cpus > 0")
         _check(self.codec_decoder_steps >= 0, "targets.codec_decoder_steps must be >= 0 (0 = the kind's default)")
+        crops = self.codec_crops
+        _check(crops in ("clip", "audio"), f"targets.codec_crops must be clip or audio, not {crops!r}")
 
 
 @dataclass(frozen=True)

@@ -134,3 +134,57 @@ def test_content_states_own_their_storage_so_padded_batches_are_freed() -> None:
     assert torch.equal(cut, padded[:9])
     for own in (states, cut):  # not the 1500-row batch
         assert own.untyped_storage().nbytes() == own.numel() * own.element_size()
+
+
+def test_crops_drawn_by_audio_weigh_clips_by_frames_and_mark_their_padding() -> None:
+    from freezeempath.model.vq_codec import BATCH, CROP_FRAMES, _crops
+
+    long, short = torch.randn(40 * CROP_FRAMES, 3), torch.randn(10, 3)
+    inputs, mels = [long, short], [long[:, :2], short[:, :2]]
+    generator = torch.Generator().manual_seed(0)
+    weights = torch.tensor([float(long.shape[0]), float(short.shape[0])])
+    short_rows = uniform_short = 0
+    for _ in range(50):
+        x, y, valid = _crops(inputs, mels, generator, weights)
+        assert x.shape == (BATCH, CROP_FRAMES, 3) and y.shape == (BATCH, CROP_FRAMES, 2)
+        is_short = valid.sum(1) == 10
+        assert bool((valid.sum(1)[~is_short] == CROP_FRAMES).all()) and bool(valid[is_short, :10].all())
+        short_rows += int(is_short.sum())
+        uniform_short += int((_crops(inputs, mels, generator)[1][:, 10:] == short[-1, :2]).all(-1).all(-1).sum())
+    assert short_rows < 0.02 * 50 * BATCH  # 10 of 5130 frames: about 0.2 % of the crops
+    assert 0.35 * 50 * BATCH < uniform_short < 0.65 * 50 * BATCH  # by clip: half, padded with the last frame
+
+
+def test_fit_with_crops_by_audio_trains_and_unknown_ways_are_refused() -> None:
+    waves = [clip(0, seconds=0.2), clip(1, seconds=1.5)]
+    by_clip, by_audio = build_codec(VQ), build_codec(VQ)
+    report = by_audio.fit(waves, decoder_steps=60, seed=3, crops="audio")
+    assert report.mel_l1_after < report.mel_l1_before
+    by_clip.fit(waves, decoder_steps=60, seed=3)
+    assert not torch.equal(by_clip.codes, by_audio.codes)
+    with pytest.raises(ValueError, match="crops must be 'clip' or 'audio'"):
+        build_codec(VQ).fit(waves, crops="frames")
+    with pytest.raises(ValueError, match="targets.codec_crops must be clip or audio"):
+        load_config("tiny", ["targets.codec_crops=frames"])
+
+
+def test_loss_over_valid_frames_ignores_what_the_padding_holds() -> None:
+    import copy
+
+    from freezeempath.data.codec_fit import fit_codec
+    from freezeempath.model.vq_codec import CROP_FRAMES, _Trainer
+
+    codec = build_codec(VQ)
+    frames = torch.randn(300, TINY.n_mels)
+    trainer = _Trainer(codec, frames, frames, seed=0)
+    x, y = torch.randn(2, CROP_FRAMES, TINY.n_mels), torch.randn(2, CROP_FRAMES, TINY.n_mels)
+    valid = torch.ones(2, CROP_FRAMES, dtype=torch.bool)
+    valid[1, 10:] = False
+    other = y.clone()
+    other[1, 10:] += 5.0  # only padded frames differ
+    same = [copy.deepcopy(trainer).loss(x, target, valid) for target in (y, other)]
+    torch.testing.assert_close(same[0], same[1])
+    assert not torch.allclose(copy.deepcopy(trainer).loss(x, y), copy.deepcopy(trainer).loss(x, other))
+    cfg = load_config("tiny", ["targets.codec_crops=audio", "model.codec.kind=mel_kmeans"])
+    with pytest.raises(ValueError, match="mel_kmeans takes no crops"):
+        fit_codec(cfg, [clip(0)])

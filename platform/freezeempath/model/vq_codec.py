@@ -145,6 +145,7 @@ class MelVQCodec(nn.Module):
         decoder_steps: int = FIT_STEPS,
         lr: float = 1e-3,
         seed: int = 0,
+        crops: str = "clip",
     ) -> CodecFitReport:
         """Train encoder, codes and decoder together (Adam, cosine decay; log-mel L1 of random crops), then fold.
 
@@ -154,24 +155,29 @@ class MelVQCodec(nn.Module):
             decoder_steps: Mini-batch steps (``BATCH`` crops of ``CROP_FRAMES`` frames).
             lr: Adam learning rate.
             seed: Seeds the initialisation, the crops and the code re-seeding.
+            crops: ``clip``: each clip equally often, short ones padded with their last frame; ``audio``:
+                clips in proportion to their frames, padded frames left out of the loss.
 
         Returns:
             A :class:`CodecFitReport`; ``inertia*`` are the mean squared latent-to-code distances.
         """
         del kmeans_iters
+        if crops not in ("clip", "audio"):
+            raise ValueError(f"crops must be 'clip' or 'audio', not {crops!r}")
         waves = [self.synthesizer.check_wave(w) for w in waves]
         mels, frames = self.synthesizer.fit_frames(waves)
         if self.content is not None:
             log.info("codec fit: speech encoder states of %d clips (the unit inputs)", len(waves))
         inputs = self.unit_inputs(waves, mels)  # (T_i, C): log-mel, or content states
         generator = torch.Generator().manual_seed(seed)
+        weights = torch.tensor([float(m.shape[0]) for m in mels]) if crops == "audio" else None
         trainer = _Trainer(self, frames, torch.cat(inputs), seed)
         before = _mel_l1(self, inputs, mels)
         initial = trainer.quantisation_error(inputs)
         optimizer = torch.optim.Adam(trainer.parameters(), lr=lr)
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(decoder_steps, 1))
         for step in range(1, decoder_steps + 1):
-            loss = trainer.loss(*_crops(inputs, mels, generator))
+            loss = trainer.loss(*_crops(inputs, mels, generator, weights))
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -251,8 +257,9 @@ class _Trainer(nn.Module):
             codec.codes.copy_(latents[torch.randperm(latents.shape[0], generator=self.generator)[: codec.n_units]])
         self.sums, self.counts = codec.codes.clone(), torch.ones(codec.n_units)
 
-    def loss(self, inputs: torch.Tensor, mels: torch.Tensor) -> torch.Tensor:
-        """Crops of unit inputs ``(B, T, C)`` and their log-mel ``(B, T, n_mels)`` → log-mel L1 + commitment."""
+    def loss(self, inputs: torch.Tensor, mels: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        """Crops of unit inputs ``(B, T, C)`` and their log-mel ``(B, T, n_mels)`` → log-mel L1 + commitment,
+        over every frame, or over the ``valid`` ones ``(B, T)`` bool."""
         latents = self.codec.encoder(inputs)  # (B, T, D)
         flat = latents.reshape(-1, CODE_DIM)
         index = nearest(flat.detach(), self.codec.codes, exact=False)[1]  # (B · T,)
@@ -261,7 +268,11 @@ class _Trainer(nn.Module):
         straight = latents + (quantised - latents).detach()  # (B, T, D)
         predicted = self.codec.synthesizer.decoder.from_embeddings(self.inp(straight))  # (B, T, n_mels), standardised
         target = (mels - self.mean) / self.std
-        return (predicted - target).abs().mean() + COMMITMENT * F.mse_loss(latents, quantised)
+        if valid is None:
+            return (predicted - target).abs().mean() + COMMITMENT * F.mse_loss(latents, quantised)
+        keep = valid.float()  # (B, T)
+        l1 = ((predicted - target).abs().mean(-1) * keep).sum() / keep.sum()
+        return l1 + COMMITMENT * (((latents - quantised) ** 2).mean(-1) * keep).sum() / keep.sum()
 
     @torch.no_grad()
     def _update_codes(self, latents: torch.Tensor, index: torch.Tensor) -> None:
@@ -296,17 +307,26 @@ class _Trainer(nn.Module):
 
 
 def _crops(
-    inputs: list[torch.Tensor], mels: list[torch.Tensor], generator: torch.Generator
-) -> tuple[torch.Tensor, torch.Tensor]:
+    inputs: list[torch.Tensor],
+    mels: list[torch.Tensor],
+    generator: torch.Generator,
+    weights: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, ...]:
     """``BATCH`` random crops of ``CROP_FRAMES``, the same frames of unit inputs and log-mel (shorter clips
-    padded by edge repetition) → ``(B, T, C)`` and ``(B, T, n_mels)``."""
-    xs, ys = [], []
-    for i in torch.randint(len(mels), (BATCH,), generator=generator).tolist():
+    padded by edge repetition) → ``(B, T, C)`` and ``(B, T, n_mels)``. Clips are drawn uniformly, or in
+    proportion to ``weights`` ``(n_clips,)``; then a third tensor ``(B, T)`` marks the frames not padded."""
+    if weights is None:
+        picks = torch.randint(len(mels), (BATCH,), generator=generator).tolist()
+    else:
+        picks = torch.multinomial(weights, BATCH, replacement=True, generator=generator).tolist()
+    xs, ys, valid = [], [], torch.zeros(BATCH, CROP_FRAMES, dtype=torch.bool)
+    for row, i in enumerate(picks):
         start = int(torch.randint(max(1, mels[i].shape[0] - CROP_FRAMES + 1), (1,), generator=generator))
         for out, full in ((xs, inputs[i]), (ys, mels[i])):
             crop = full[start : start + CROP_FRAMES]
             out.append(F.pad(crop.T, (0, CROP_FRAMES - crop.shape[0]), mode="replicate").T)
-    return torch.stack(xs), torch.stack(ys)
+        valid[row, : min(CROP_FRAMES, mels[i].shape[0] - start)] = True
+    return (torch.stack(xs), torch.stack(ys)) if weights is None else (torch.stack(xs), torch.stack(ys), valid)
 
 
 @torch.no_grad()
