@@ -72,9 +72,5 @@ def fit_codec(cfg: Config, waves: Sequence[torch.Tensor]) -> tuple[Any, Any]:
     codec = build_codec(dataclasses.replace(cfg.model.codec, path=""), cfg.model.encoder)
     t = cfg.targets
     steps = {"decoder_steps": t.codec_decoder_steps} if t.codec_decoder_steps else {}  # 0: the kind's default
-    if t.codec_crops != "clip":
-        if cfg.model.codec.kind == "mel_kmeans":
-            raise ValueError("targets.codec_crops applies to mel_vq and encoder_vq fits; mel_kmeans takes no crops")
-        steps["crops"] = t.codec_crops
-    report = codec.fit(list(waves), kmeans_iters=t.codec_kmeans_iters, seed=t.seed, **steps)
+    report = codec.fit(list(waves), kmeans_iters=t.codec_kmeans_iters, seed=t.seed, crops=t.codec_crops, **steps)
     return codec, report

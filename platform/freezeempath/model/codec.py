@@ -309,6 +309,7 @@ class MelKMeansCodec(nn.Module):
         decoder_steps: int = 300,
         lr: float = 3e-3,
         seed: int = 0,
+        crops: str = "clip",
     ) -> CodecFitReport:
         """Fit the codebook (k-means++ on log-mel frames) and train a fresh decoder (Adam, log-mel L1).
 
@@ -318,10 +319,13 @@ class MelKMeansCodec(nn.Module):
             decoder_steps: Full-batch Adam steps for the units-to-mel decoder.
             lr: Adam learning rate.
             seed: Seeds k-means++ and the decoder's re-initialisation.
+            crops: Only ``clip`` (kept for one fit signature): the decoder trains on whole clips, no crops.
 
         Returns:
             A :class:`CodecFitReport`.
         """
+        if crops != "clip":
+            raise ValueError(f"crops={crops!r} applies to mel_vq and encoder_vq fits; mel_kmeans takes no crops")
         mels, frames = self.fit_frames(waves)
         generator = torch.Generator(device=frames.device).manual_seed(seed)
         initial = nearest(frames, self.codebook)[0].mean().item()
