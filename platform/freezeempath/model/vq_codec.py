@@ -177,7 +177,8 @@ class MelVQCodec(nn.Module):
         optimizer = torch.optim.Adam(trainer.parameters(), lr=lr)
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(decoder_steps, 1))
         for step in range(1, decoder_steps + 1):
-            loss = trainer.loss(*_crops(inputs, mels, generator, weights))
+            x, y, valid = _crops(inputs, mels, generator, weights)
+            loss = trainer.loss(x, y, None if weights is None else valid)  # by clip: padding counts, as before
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -311,10 +312,10 @@ def _crops(
     mels: list[torch.Tensor],
     generator: torch.Generator,
     weights: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, ...]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``BATCH`` random crops of ``CROP_FRAMES``, the same frames of unit inputs and log-mel (shorter clips
-    padded by edge repetition) → ``(B, T, C)`` and ``(B, T, n_mels)``. Clips are drawn uniformly, or in
-    proportion to ``weights`` ``(n_clips,)``; then a third tensor ``(B, T)`` marks the frames not padded."""
+    padded by edge repetition) → ``(B, T, C)``, ``(B, T, n_mels)`` and ``(B, T)`` bool, the frames not padded.
+    Clips are drawn uniformly, or in proportion to ``weights`` ``(n_clips,)``."""
     if weights is None:
         picks = torch.randint(len(mels), (BATCH,), generator=generator).tolist()
     else:
@@ -326,7 +327,7 @@ def _crops(
             crop = full[start : start + CROP_FRAMES]
             out.append(F.pad(crop.T, (0, CROP_FRAMES - crop.shape[0]), mode="replicate").T)
         valid[row, : min(CROP_FRAMES, mels[i].shape[0] - start)] = True
-    return (torch.stack(xs), torch.stack(ys)) if weights is None else (torch.stack(xs), torch.stack(ys), valid)
+    return torch.stack(xs), torch.stack(ys), valid
 
 
 @torch.no_grad()
