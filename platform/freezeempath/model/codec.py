@@ -38,6 +38,7 @@ CODEC_ARGS = tuple(f.name for f in dataclasses.fields(CodecConfig) if f.name not
 LOG_FLOOR = math.log(1e-5)  # log-mel floor: silence, and the context before the first unit
 DECODER_LAYERS = 3
 DECODER_KERNEL = 3
+VOICE_STATE = ("voice_mean", "voice_std", "default_voice")  # voice-conditioned codecs' buffers
 WEIGHTS_FILE = "codec.safetensors"
 ARGS_FILE = "codec.json"
 
@@ -85,27 +86,34 @@ class CodecFitReport:
 
 
 class UnitMelDecoder(nn.Module):
-    """Causal units → log-mel residual: ``Embedding → [x + GELU(causal Conv1d(x))] × L → Linear``.
+    """Causal units → log-mel residual: ``Embedding [+ Linear(voice)] → [x + GELU(causal Conv1d(x))] × L → Linear``.
 
-    Output frame ``t`` depends on units ``t - receptive_field .. t`` only. The output layer starts at
-    zero, so an untrained decoder adds nothing to the codebook lookup.
+    Output frame ``t`` depends on units ``t - receptive_field .. t`` (and the voice) only. The output layer
+    starts at zero, so an untrained decoder adds nothing to the codebook lookup. With ``voice``, a voice
+    vector ``(n_mels,)`` per sequence is added to every unit embedding: the units need not say who speaks.
     """
 
-    def __init__(self, n_units: int, n_mels: int, hidden: int) -> None:
+    def __init__(self, n_units: int, n_mels: int, hidden: int, voice: bool = False) -> None:
         super().__init__()
         self.embed = nn.Embedding(n_units, hidden)
+        self.voice = nn.Linear(n_mels, hidden) if voice else None
         self.convs = nn.ModuleList(nn.Conv1d(hidden, hidden, DECODER_KERNEL) for _ in range(DECODER_LAYERS))
         self.out = nn.Linear(hidden, n_mels)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
         self.receptive_field = DECODER_LAYERS * (DECODER_KERNEL - 1)
 
-    def forward(self, units: torch.Tensor) -> torch.Tensor:
-        """``units (B, T)`` int64 → log-mel residual ``(B, T, n_mels)``."""
-        return self.from_embeddings(self.embed(units))
+    def forward(self, units: torch.Tensor, voice: torch.Tensor | None = None) -> torch.Tensor:
+        """``units (B, T)`` int64 [, ``voice (B, n_mels)``] → log-mel residual ``(B, T, n_mels)``."""
+        return self.from_embeddings(self.embed(units), voice)
 
-    def from_embeddings(self, x: torch.Tensor) -> torch.Tensor:
-        """Unit embeddings ``(B, T, H)`` → log-mel residual ``(B, T, n_mels)`` (``forward`` after ``embed``)."""
+    def from_embeddings(self, x: torch.Tensor, voice: torch.Tensor | None = None) -> torch.Tensor:
+        """Unit embeddings ``(B, T, H)`` [, ``voice (B, n_mels)``] → log-mel residual ``(B, T, n_mels)``
+        (``forward`` after ``embed``). A voice-conditioned decoder needs ``voice``; any other refuses one."""
+        if (voice is None) != (self.voice is None):
+            raise ValueError("a voice-conditioned decoder needs a voice; any other takes none")
+        if self.voice is not None:
+            x = x + self.voice(voice)[:, None, :]  # (B, T, H): the same voice at every step
         x = x.transpose(1, 2)  # (B, H, T)
         for conv in self.convs:
             x = x + F.gelu(conv(F.pad(x, (DECODER_KERNEL - 1, 0))))  # (B, H, T), left pad = causal
@@ -130,14 +138,16 @@ class UnitStreamDecoder:
         ``tail``: the previous chunk's ``hop // 2`` samples past its last frame centre, cross-faded into
         the start of the next chunk so chunks join without a click.
         ``units_pushed`` and ``state`` (``OPEN`` until ``flush``).
+    ``voice`` ``(n_mels,)``: the voice of every push (voice-conditioned codecs; None: their default voice).
 
     Each push returns exactly ``W · hop`` samples, so pushes + flush total ``units_pushed · hop``. One push
     of all units equals ``codec.decode``; smaller chunks lack right context at their ends, so they match
     ``decode`` in log-mel, not in waveform phase.
     """
 
-    def __init__(self, codec: MelKMeansCodec) -> None:
+    def __init__(self, codec: MelKMeansCodec, voice: torch.Tensor | None = None) -> None:
         self.codec = codec
+        self.voice = None if voice is None else codec.check_voice(voice)[None]  # (1, n_mels)
         self.state = StreamState.OPEN
         self.units_pushed = 0
         device = codec.codebook.device
@@ -154,7 +164,7 @@ class UnitStreamDecoder:
         if chunk.numel() == 0:
             return torch.zeros(0, device=self.tail.device)
         history = torch.cat([self.unit_context, chunk])  # (R' + W,)
-        mel = self.codec.predict_log_mel(history[None])[0, self.unit_context.numel() :]  # (W, n_mels)
+        mel = self.codec.predict_log_mel(history[None], self.voice)[0, self.unit_context.numel() :]  # (W, n_mels)
         frames = torch.cat([self.mel_context, mel])  # (C + W, n_mels)
         audio, tail = self.codec.synthesize(frames)  # (W · hop,), (fade,)
         ramp = self.codec.fade_ramp  # (fade,)
@@ -195,11 +205,12 @@ class MelKMeansCodec(nn.Module):
         decoder_hidden: int,
         griffin_lim_iters: int,
         context_units: int,
+        voice_conditioned: bool = False,
     ) -> None:
         super().__init__()
         self.n_units, self.unit_rate, self.sample_rate, self.n_mels = n_units, unit_rate, sample_rate, n_mels
         self.n_fft, self.decoder_hidden, self.griffin_lim_iters = n_fft, decoder_hidden, griffin_lim_iters
-        self.context_units = context_units
+        self.context_units, self.voice_conditioned = context_units, voice_conditioned
         self.hop_length = _hop_length(self.args)
         self.fade_length = self.hop_length // 2
         hop, transforms = self.hop_length, torchaudio.transforms
@@ -215,10 +226,14 @@ class MelKMeansCodec(nn.Module):
         with torch.random.fork_rng(devices=[]):  # same untrained codec every time, global RNG untouched
             torch.manual_seed(0)
             self.register_buffer("codebook", LOG_FLOOR / 2 + 2.0 * torch.randn(n_units, n_mels))
-            self.decoder = UnitMelDecoder(n_units, n_mels, decoder_hidden)
+            self.decoder = UnitMelDecoder(n_units, n_mels, decoder_hidden, voice_conditioned)
+        if voice_conditioned:  # a voice is a clip's mean log-mel frame, standardised by the fitting speech's
+            self.register_buffer("voice_mean", torch.zeros(n_mels))
+            self.register_buffer("voice_std", torch.ones(n_mels))
+            self.register_buffer("default_voice", torch.zeros(n_mels))  # the fitting clips' mean voice
 
     @property
-    def args(self) -> dict[str, int]:
+    def args(self) -> dict[str, Any]:
         """The constructor args (what ``codec.json`` holds)."""
         return {name: getattr(self, name) for name in CODEC_ARGS}
 
@@ -266,18 +281,43 @@ class MelKMeansCodec(nn.Module):
         """Mono ``(N,)`` float32 at ``sample_rate`` → units ``(ceil(N / hop),)`` int64 in ``[0, n_units)``."""
         return self.quantize(self.log_mel(self.check_wave(wave)))
 
-    def decode(self, units: torch.Tensor) -> torch.Tensor:
-        """Units ``(T,)`` int64 → waveform ``(T · hop,)`` float32; the pushes of one fresh stream."""
-        stream = self.stream()
+    def decode(self, units: torch.Tensor, voice: torch.Tensor | None = None) -> torch.Tensor:
+        """Units ``(T,)`` int64 [, ``voice (n_mels,)``] → waveform ``(T · hop,)`` float32; the pushes of one
+        fresh stream."""
+        stream = self.stream(voice)
         return torch.cat([stream.push(units), stream.flush()])
 
-    def stream(self) -> UnitStreamDecoder:
-        """A fresh :class:`UnitStreamDecoder` for this codec."""
-        return UnitStreamDecoder(self)
+    def stream(self, voice: torch.Tensor | None = None) -> UnitStreamDecoder:
+        """A fresh :class:`UnitStreamDecoder` for this codec [speaking in ``voice (n_mels,)``]."""
+        return UnitStreamDecoder(self, voice)
 
-    def predict_log_mel(self, units: torch.Tensor) -> torch.Tensor:
-        """Units ``(B, T)`` → log-mel ``(B, T, n_mels)`` = codebook lookup + decoder residual."""
-        return self.codebook[units] + self.decoder(units)
+    @torch.no_grad()
+    def voice_of(self, wave: torch.Tensor) -> torch.Tensor:
+        """A reference clip ``(N,)`` → its voice ``(n_mels,)`` (voice-conditioned codecs only)."""
+        return self.voice_of_mel(self.log_mel(self.check_wave(wave)))
+
+    def voice_of_mel(self, mel: torch.Tensor) -> torch.Tensor:
+        """Log-mel ``(T, n_mels)`` → voice ``(n_mels,)``: its mean frame, standardised."""
+        if not self.voice_conditioned:
+            raise ValueError("this codec takes no voice (fit one with model.codec.voice_conditioned=true)")
+        return ((mel - self.voice_mean) / self.voice_std).mean(0)
+
+    def check_voice(self, voice: torch.Tensor) -> torch.Tensor:
+        """Validate a voice ``(n_mels,)``: finite floats, and a codec that takes one."""
+        if not self.voice_conditioned:
+            raise ValueError("this codec takes no voice (fit one with model.codec.voice_conditioned=true)")
+        if not isinstance(voice, torch.Tensor) or tuple(voice.shape) != (self.n_mels,):
+            raise ValueError(f"voice must be a tensor of shape ({self.n_mels},); got {getattr(voice, 'shape', voice)}")
+        if not voice.dtype.is_floating_point or not torch.isfinite(voice).all():
+            raise ValueError("voice must hold finite floats")
+        return voice.to(self.codebook)
+
+    def predict_log_mel(self, units: torch.Tensor, voice: torch.Tensor | None = None) -> torch.Tensor:
+        """Units ``(B, T)`` [, voices ``(B, n_mels)``] → log-mel ``(B, T, n_mels)`` = codebook lookup +
+        decoder residual. A voice-conditioned codec without ``voice`` speaks in its ``default_voice``."""
+        if self.voice_conditioned and voice is None:
+            voice = self.default_voice.expand(units.shape[0], -1)  # (B, n_mels)
+        return self.codebook[units] + self.decoder(units, voice)
 
     def mel_to_linear(self, power: torch.Tensor) -> torch.Tensor:
         """Mel power ``(..., n_mels, F)`` → linear power ``(..., n_freq, F)``: torchaudio's
@@ -333,7 +373,9 @@ class MelKMeansCodec(nn.Module):
         self.codebook.copy_(codebook)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            self.decoder = UnitMelDecoder(self.n_units, self.n_mels, self.args["decoder_hidden"]).to(frames)
+            self.decoder = UnitMelDecoder(self.n_units, self.n_mels, self.decoder_hidden, self.voice_conditioned)
+            self.decoder.to(frames)
+        self.fit_voices(mels, frames)
         before, after = self._train_decoder(mels, decoder_steps, lr)
         return CodecFitReport(len(mels), frames.shape[0], initial, inertia, before, after)
 
@@ -346,15 +388,28 @@ class MelKMeansCodec(nn.Module):
             raise ValueError(f"fit needs at least n_units={self.n_units} frames, got {frames.shape[0]}")
         return mels, frames
 
+    @torch.no_grad()
+    def fit_voices(self, mels: list[torch.Tensor], frames: torch.Tensor) -> torch.Tensor | None:
+        """Voice-conditioned codecs: standardise by ``frames (F, n_mels)``, set the default voice to the clips'
+        mean voice and return each clip's ``(n_clips, n_mels)``; None for other codecs."""
+        if not self.voice_conditioned:
+            return None
+        self.voice_mean.copy_(frames.mean(0))
+        self.voice_std.copy_(frames.std(0).clamp(min=1e-3))
+        voices = torch.stack([self.voice_of_mel(m) for m in mels])
+        self.default_voice.copy_(voices.mean(0))
+        return voices
+
     def _train_decoder(self, mels: list[torch.Tensor], steps: int, lr: float) -> tuple[float, float]:
-        """Full-batch Adam on masked log-mel L1; returns the loss before and after."""
+        """Full-batch Adam on masked log-mel L1 (each clip in its own voice); returns the loss before and after."""
+        voices = torch.stack([self.voice_of_mel(m) for m in mels]) if self.voice_conditioned else None
         lens = torch.tensor([m.shape[0] for m in mels], device=mels[0].device)
         units = nn.utils.rnn.pad_sequence([self.quantize(m) for m in mels], batch_first=True)  # (B, T)
         target = nn.utils.rnn.pad_sequence(mels, batch_first=True)  # (B, T, n_mels)
         valid = length_mask(lens, units.shape[1]).to(target.dtype)  # (B, T)
 
         def loss() -> torch.Tensor:
-            error = (self.predict_log_mel(units) - target).abs().mean(-1)  # (B, T)
+            error = (self.predict_log_mel(units, voices) - target).abs().mean(-1)  # (B, T)
             return (error * valid).sum() / valid.sum()
 
         optimizer = torch.optim.Adam(self.decoder.parameters(), lr=lr)
@@ -369,9 +424,11 @@ class MelKMeansCodec(nn.Module):
         return before, after
 
     def fitted_state(self) -> dict[str, torch.Tensor]:
-        """What ``save`` writes: the codebook ``(n_units, n_mels)`` and the decoder's parameters."""
+        """What ``save`` writes: the codebook ``(n_units, n_mels)``, the decoder's parameters and, voice-
+        conditioned, the voice statistics (``VOICE_STATE``, each ``(n_mels,)``)."""
         decoder = {f"decoder.{k}": v for k, v in self.decoder.state_dict().items()}
-        return {"codebook": self.codebook, **decoder}
+        voices = {k: getattr(self, k) for k in VOICE_STATE} if self.voice_conditioned else {}
+        return {"codebook": self.codebook, **decoder, **voices}
 
     def save(self, directory: str | Path) -> Path:
         """Write ``codec.safetensors`` (fitted state) and ``codec.json`` (args); returns the directory."""
@@ -386,7 +443,7 @@ class MelKMeansCodec(nn.Module):
     def load(cls, directory: str | Path) -> MelKMeansCodec:
         """Restore a codec written by :meth:`save`; unknown args, missing/extra tensors or shapes raise."""
         root = Path(directory)
-        args: Any = json.loads((root / ARGS_FILE).read_text())
+        args: Any = saved_args(json.loads((root / ARGS_FILE).read_text()))
         expected = set(CODEC_ARGS)
         if not isinstance(args, dict) or set(args) != expected:
             keys = sorted(args) if isinstance(args, dict) else type(args).__name__
@@ -398,6 +455,11 @@ class MelKMeansCodec(nn.Module):
     def load_fitted_state(self, tensors: dict[str, torch.Tensor], source: str = "state") -> None:
         """Copy ``tensors`` into the codebook and decoder strictly (same names, same shapes)."""
         copy_strict(self.fitted_state(), tensors, source)
+
+
+def saved_args(record: Any) -> Any:
+    """``codec.json`` as read, with ``voice_conditioned: false`` where it predates voices."""
+    return {"voice_conditioned": False, **record} if isinstance(record, dict) else record
 
 
 @torch.no_grad()
@@ -437,7 +499,7 @@ def build_codec(cfg: CodecConfig, encoder: EncoderConfig | None = None) -> Any:
     return codec
 
 
-def _hop_length(args: dict[str, int]) -> int:
+def _hop_length(args: dict[str, Any]) -> int:
     """Reject codec shapes that the front end or Griffin-Lim cannot serve; returns ``hop``."""
     units, rate, sr, fft = args["n_units"], args["unit_rate"], args["sample_rate"], args["n_fft"]
     context, iters = args["context_units"], args["griffin_lim_iters"]
