@@ -5,8 +5,9 @@ In: mono float32 waveforms ``(N,)`` at ``sample_rate``. Out: discrete units ``(T
 chunk by chunk with :class:`UnitStreamDecoder`).
 
 :class:`MelKMeansCodec` needs no pretrained weights: k-means over log-mel frames gives the units, and a
-small causal units-to-mel decoder (trained with L1 on log-mel) plus torchaudio's ``InverseMelScale`` and
-``GriffinLim`` gives audio back. ``decode`` runs Griffin-Lim over the whole utterance; the stream runs it
+small causal units-to-mel decoder (trained with L1 on log-mel; ``voice_conditioned``: also reading a
+voice, a clip's mean log-mel frame) plus torchaudio's ``InverseMelScale`` and ``GriffinLim`` gives audio
+back. ``decode`` runs Griffin-Lim over the whole utterance; the stream runs it
 per chunk with ``context_units`` frames of left context and cross-fades chunk joins, so streamed audio
 matches ``decode`` exactly for one push and spectrally (not sample by sample: Griffin-Lim phases differ)
 for smaller chunks. Per-unit Griffin-Lim windows would make every chunking exact, but measured ~3× the
@@ -375,8 +376,8 @@ class MelKMeansCodec(nn.Module):
             torch.manual_seed(seed)
             self.decoder = UnitMelDecoder(self.n_units, self.n_mels, self.decoder_hidden, self.voice_conditioned)
             self.decoder.to(frames)
-        self.fit_voices(mels, frames)
-        before, after = self._train_decoder(mels, decoder_steps, lr)
+        voices = self.fit_voices(mels, frames)
+        before, after = self._train_decoder(mels, voices, decoder_steps, lr)
         return CodecFitReport(len(mels), frames.shape[0], initial, inertia, before, after)
 
     @torch.no_grad()
@@ -400,9 +401,11 @@ class MelKMeansCodec(nn.Module):
         self.default_voice.copy_(voices.mean(0))
         return voices
 
-    def _train_decoder(self, mels: list[torch.Tensor], steps: int, lr: float) -> tuple[float, float]:
-        """Full-batch Adam on masked log-mel L1 (each clip in its own voice); returns the loss before and after."""
-        voices = torch.stack([self.voice_of_mel(m) for m in mels]) if self.voice_conditioned else None
+    def _train_decoder(
+        self, mels: list[torch.Tensor], voices: torch.Tensor | None, steps: int, lr: float
+    ) -> tuple[float, float]:
+        """Full-batch Adam on masked log-mel L1, each clip in its voice ``(B, n_mels)`` if the codec takes one;
+        returns the loss before and after."""
         lens = torch.tensor([m.shape[0] for m in mels], device=mels[0].device)
         units = nn.utils.rnn.pad_sequence([self.quantize(m) for m in mels], batch_first=True)  # (B, T)
         target = nn.utils.rnn.pad_sequence(mels, batch_first=True)  # (B, T, n_mels)
