@@ -188,7 +188,7 @@ class MelVQCodec(nn.Module):
         weights = torch.tensor([float(m.shape[0]) for m in mels]) if crops == "audio" else None
         trainer = _Trainer(self, frames, torch.cat(inputs), seed)
         voices = self.synthesizer.fit_voices(mels, frames)  # (n_clips, n_mels), or None
-        before = _mel_l1(self, inputs, mels)
+        before = _mel_l1(self, inputs, mels, voices)
         initial = trainer.quantisation_error(inputs)
         optimizer = torch.optim.Adam(trainer.parameters(), lr=lr)
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(decoder_steps, 1))
@@ -206,9 +206,8 @@ class MelVQCodec(nn.Module):
                     "codec fit step %d/%d: loss %.3f, %d of %d units in use", step, decoder_steps, loss.item(), used, n
                 )
         trainer.fold()
-        return CodecFitReport(
-            len(mels), frames.shape[0], initial, trainer.quantisation_error(inputs), before, _mel_l1(self, inputs, mels)
-        )
+        after = _mel_l1(self, inputs, mels, voices)
+        return CodecFitReport(len(mels), frames.shape[0], initial, trainer.quantisation_error(inputs), before, after)
 
     def fitted_state(self) -> dict[str, torch.Tensor]:
         """The codes and encoder (``own_state``), then the synthesizer's codebook and decoder."""
@@ -356,12 +355,15 @@ def _crops(
 
 
 @torch.no_grad()
-def _mel_l1(codec: MelVQCodec, inputs: list[torch.Tensor], mels: list[torch.Tensor]) -> float:
-    """Mean log-mel L1 of encode → predicted log-mel over ``mels`` (the decoder's reconstruction)."""
-    total, frames, synth = 0.0, 0, codec.synthesizer
-    for x, mel in zip(inputs, mels, strict=True):
+def _mel_l1(
+    codec: MelVQCodec, inputs: list[torch.Tensor], mels: list[torch.Tensor], voices: torch.Tensor | None
+) -> float:
+    """Mean log-mel L1 of encode → predicted log-mel over ``mels`` (the decoder's reconstruction), each clip
+    in its voice ``(n_clips, n_mels)`` if the codec takes one."""
+    total, frames = 0.0, 0
+    for i, (x, mel) in enumerate(zip(inputs, mels, strict=True)):
         units = nearest(codec.encoder(x[None])[0], codec.codes, exact=False)[1]
-        voice = synth.voice_of_mel(mel)[None] if synth.voice_conditioned else None  # each clip in its own voice
-        total += (synth.predict_log_mel(units[None], voice)[0] - mel).abs().mean(-1).sum().item()
+        voice = None if voices is None else voices[i : i + 1]  # (1, n_mels)
+        total += (codec.synthesizer.predict_log_mel(units[None], voice)[0] - mel).abs().mean(-1).sum().item()
         frames += mel.shape[0]
     return total / max(frames, 1)
