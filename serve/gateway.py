@@ -39,6 +39,7 @@ from freezeempath.inference.audio_io import encode_audio, pcm16_bytes
 from freezeempath.inference.dialogue import EmotionResult, prepare_dialogue
 from freezeempath.inference.speech_session import SpeechChunk
 from freezeempath.inference.understanding import ClipFeatures, generation_request
+from freezeempath.inference.wire import packed
 from pydantic import BaseModel, ValidationError
 from ray import serve
 from ray.serve.exceptions import BackPressureError
@@ -312,7 +313,8 @@ class Gateway:
         cached = [self.clips.get(k) for k in keys]
         todo = [i for i, f in enumerate(cached) if f is None]
         alone = len(todo) == 1 and self._alone()  # several clips of one request batch together
-        found = await asyncio.gather(*(self.understanding.understand.remote(clips[i], alone=alone) for i in todo))
+        calls = (self.understanding.understand.remote(packed(clips[i]), alone=alone) for i in todo)  # clip as an array
+        found = await asyncio.gather(*calls)
         fresh = dict(zip((keys[i] for i in todo), found, strict=True))
         result = [fresh.get(k, f) for k, f in zip(keys, cached, strict=True)]
         for key, features in zip(keys, result, strict=True):

@@ -19,6 +19,7 @@ import torchaudio
 
 from freezeempath.data.audio import decode_audio
 from freezeempath.inference.dialogue import AudioInput
+from freezeempath.inference.wire import packed_state, unpacked_state
 
 # declared input format → soundfile's container name
 INPUT_FORMATS: dict[str, str] = {"wav": "WAV", "mp3": "MP3", "flac": "FLAC"}
@@ -99,6 +100,9 @@ class StreamingResampler:
         self.context = self.orig * math.ceil((width + self.orig) / self.orig)  # ≥ kernel reach, aligned
         self.history = torch.zeros(self.context)
         self.pending = torch.zeros(0)
+
+    # its buffers cross processes with every vocoder state: tensors as arrays
+    __getstate__, __setstate__ = packed_state, unpacked_state
 
     @property
     def identity(self) -> bool:

@@ -22,6 +22,7 @@ import torch
 from freezeempath.data.template import Turn, render
 from freezeempath.inference.dialogue import FinishReason
 from freezeempath.inference.kv_rows import join_rows, keep_rows
+from freezeempath.inference.wire import reduce_fields
 from freezeempath.model.fusion import merge_placeholders
 from freezeempath.model.llm import FrozenLLM
 
@@ -46,6 +47,8 @@ class GenerationRequest:
     seed: int = 0
     speech_output: bool = True
 
+    __reduce__ = reduce_fields  # its tensors cross processes as arrays
+
 
 @dataclass(frozen=True)
 class TextGroup:
@@ -58,6 +61,8 @@ class TextGroup:
     prompt_tokens: int
     error: str | None = None
     server_fault: bool = False  # the error is the server's (a failed stage), not the request's
+
+    __reduce__ = reduce_fields
 
 
 @dataclass

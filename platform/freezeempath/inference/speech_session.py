@@ -20,6 +20,7 @@ import torch
 from freezeempath.inference.dialogue import FinishReason
 from freezeempath.inference.kv_rows import add_empty_rows, keep_rows
 from freezeempath.inference.llm_session import TextGroup
+from freezeempath.inference.wire import reduce_fields
 from freezeempath.model.speech_decoder import SpeechDecoder, StreamState
 
 
@@ -41,6 +42,8 @@ class SpeechChunk:
     error: str | None = None
     audio: torch.Tensor | None = None
     server_fault: bool = False
+
+    __reduce__ = reduce_fields  # its audio crosses processes as an array
 
 
 class BatchedUnitStreams:

@@ -18,6 +18,7 @@ from freezeempath.data.audio import WhisperLogMel
 from freezeempath.data.template import Turn
 from freezeempath.inference.dialogue import EmotionResult, PreparedDialogue
 from freezeempath.inference.llm_session import GenerationRequest
+from freezeempath.inference.wire import reduce_fields
 
 
 class Understands(Protocol):
@@ -37,6 +38,8 @@ class ClipFeatures:
     speech: torch.Tensor
     emotion: torch.Tensor
     emotion_result: EmotionResult
+
+    __reduce__ = reduce_fields  # its tensors cross processes as arrays
 
 
 @torch.no_grad()

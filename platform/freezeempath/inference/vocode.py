@@ -19,6 +19,7 @@ import torch
 import torchaudio
 
 from freezeempath.inference.audio_io import StreamingResampler
+from freezeempath.inference.wire import reduce_fields
 from freezeempath.model.codec import LOG_FLOOR, MelKMeansCodec
 
 
@@ -31,6 +32,8 @@ class VocoderState:
     tail: torch.Tensor  # (hop // 2,) samples cross-faded into the next chunk
     resampler: StreamingResampler
     units_pushed: int = 0
+
+    __reduce__ = reduce_fields  # it crosses processes every round: tensors as arrays
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,8 @@ class VocodeResult:
     audio: torch.Tensor
     sample_rate: int
     state: VocoderState
+
+    __reduce__ = reduce_fields
 
 
 def new_state(codec: MelKMeansCodec, output_rate: int | None = None) -> VocoderState:
