@@ -1,6 +1,6 @@
 """Ray Serve deployments of the pipeline steps; each method calls ``freezeempath.inference`` code.
 
-What crosses each hop (all CPU tensors, pickled by Ray)::
+What crosses each hop (CPU tensors, which pickle as NumPy arrays: ``freezeempath.inference.wire``)::
 
     Gateway ──clip (N,) 16 kHz──▶ SpeechUnderstanding ──ClipFeatures: S (L_S, D), E (1, D), emotion──▶ Gateway
     Gateway ──GenerationRequest──▶ SpeechDecoder.stream ──[requests joining one batch], its key──▶ LLM.generate
