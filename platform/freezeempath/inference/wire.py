@@ -5,9 +5,10 @@ for a view): on the 2-core dev machine about 120 µs to pickle and 130 µs to un
 10⁴ elements, against 25 and 6 µs for the same data as a NumPy array. Serving sends about a dozen small
 tensors per decoder round (the LLM's hidden rows, the vocoder state both ways, audio), so the messages
 that cross hops reduce through :func:`reduce_fields` (plain objects: :func:`packed_state` and
-:func:`unpacked_state`), and loose tensors go as :func:`packed` values. Tensors NumPy cannot hold
-(bfloat16), on an accelerator, or needing grad pickle the usual way. ``copy.copy`` of such an object
-still shares its tensors (the rebuild unwraps them).
+:func:`unpacked_state`), and loose tensors go as :func:`packed` values. bfloat16 (the paper preset's
+hidden states and clip features) travels as its int16 bits. Tensors on an accelerator, needing grad or
+of another dtype NumPy cannot hold pickle the usual way. ``copy.copy`` of such an object still shares
+its tensors (the rebuild unwraps them).
 """
 
 from __future__ import annotations
@@ -35,9 +36,14 @@ _NUMPY_DTYPES = frozenset(
 )
 
 
-def _tensor(array: np.ndarray) -> torch.Tensor:
-    """The tensor :class:`_AsArray` stood for (a writable array is shared, not copied)."""
-    return torch.from_numpy(array if array.flags.writeable else array.copy())
+_BITS = {torch.bfloat16: torch.int16}  # dtypes NumPy lacks → a NumPy-held dtype of the same width
+
+
+def _tensor(array: np.ndarray, dtype: str | None = None) -> torch.Tensor:
+    """The tensor :class:`_AsArray` stood for (a writable array is shared, not copied); ``dtype``
+    names the torch dtype whose bits the array holds."""
+    tensor = torch.from_numpy(array if array.flags.writeable else array.copy())
+    return tensor if dtype is None else tensor.view(getattr(torch, dtype))
 
 
 class _AsArray:
@@ -48,8 +54,11 @@ class _AsArray:
     def __init__(self, tensor: torch.Tensor) -> None:
         self.tensor = tensor
 
-    def __reduce__(self) -> tuple[Any, tuple[np.ndarray]]:
-        return _tensor, (self.tensor.resolve_conj().resolve_neg().numpy(),)
+    def __reduce__(self) -> tuple[Any, tuple[np.ndarray] | tuple[np.ndarray, str]]:
+        tensor = self.tensor.resolve_conj().resolve_neg()
+        if tensor.dtype in _BITS:
+            return _tensor, (tensor.view(_BITS[tensor.dtype]).numpy(), str(tensor.dtype).removeprefix("torch."))
+        return _tensor, (tensor.numpy(),)
 
 
 def _as_array(value: torch.Tensor) -> bool:
@@ -57,7 +66,7 @@ def _as_array(value: torch.Tensor) -> bool:
         type(value) is torch.Tensor
         and value.device.type == "cpu"
         and not value.requires_grad
-        and value.dtype in _NUMPY_DTYPES
+        and (value.dtype in _NUMPY_DTYPES or value.dtype in _BITS)
     )
 
 
