@@ -39,11 +39,11 @@ _NUMPY_DTYPES = frozenset(
 _BITS = {torch.bfloat16: torch.int16}  # dtypes NumPy lacks → a NumPy-held dtype of the same width
 
 
-def _tensor(array: np.ndarray, dtype: str | None = None) -> torch.Tensor:
-    """The tensor :class:`_AsArray` stood for (a writable array is shared, not copied); ``dtype``
-    names the torch dtype whose bits the array holds."""
+def _tensor(array: np.ndarray, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """The tensor :class:`_AsArray` stood for (a writable array is shared, not copied); ``dtype``: the
+    torch dtype whose bits the array holds."""
     tensor = torch.from_numpy(array if array.flags.writeable else array.copy())
-    return tensor if dtype is None else tensor.view(getattr(torch, dtype))
+    return tensor if dtype is None else tensor.view(dtype)
 
 
 class _AsArray:
@@ -54,10 +54,10 @@ class _AsArray:
     def __init__(self, tensor: torch.Tensor) -> None:
         self.tensor = tensor
 
-    def __reduce__(self) -> tuple[Any, tuple[np.ndarray] | tuple[np.ndarray, str]]:
+    def __reduce__(self) -> tuple[Any, tuple[np.ndarray] | tuple[np.ndarray, torch.dtype]]:
         tensor = self.tensor.resolve_conj().resolve_neg()
         if tensor.dtype in _BITS:
-            return _tensor, (tensor.view(_BITS[tensor.dtype]).numpy(), str(tensor.dtype).removeprefix("torch."))
+            return _tensor, (tensor.view(_BITS[tensor.dtype]).numpy(), tensor.dtype)
         return _tensor, (tensor.numpy(),)
 
 
