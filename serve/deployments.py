@@ -605,7 +605,7 @@ class RoundVocoder:
 def _first_sound(items: list[tuple[_Stream, SpeechChunk | None]]) -> bool:
     """Whether the round has units to vocode and they are the first of each stream that has them (marks
     those streams as sounded)."""
-    sounding = [s for s, c in items if c is not None and c.units and c.error is None and s.request.speech_output]
+    sounding = [s for s, c in items if c is not None and c.units and _sounds(c) and s.request.speech_output]
     first = bool(sounding) and not any(s.sounded for s in sounding)
     for stream in sounding:
         stream.sounded = True
