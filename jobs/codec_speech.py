@@ -24,7 +24,7 @@ import dataclasses
 import json
 import logging
 
-from freezeempath.data.codec_speech import make_codec_speech
+from freezeempath.prepare.codec_speech import make_codec_speech
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

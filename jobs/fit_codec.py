@@ -37,9 +37,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from freezeempath.codec.fit import fit_codec, map_large_allocations
 from freezeempath.config import CodecConfig, Config, from_dict, load_config, save_config
-from freezeempath.data.codec_fit import fit_codec, map_large_allocations, read_waves
 from freezeempath.data.shards import list_shards
+from freezeempath.prepare.codec_speech import read_waves
 
 log = logging.getLogger("jobs.fit_codec")
 
@@ -96,7 +97,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 def fitted_codec(directory: Path, cfg: Config) -> Any:
     """The codec saved in ``directory`` by this job, built from its ``codec_config.yaml``."""
-    from freezeempath.model.codec import build_codec
+    from freezeempath.codec.mel_codec import build_codec
 
     if not (directory / "codec_config.yaml").is_file():
         raise FileNotFoundError(f"{directory} has no codec_config.yaml: not a codec folder written by jobs.fit_codec")

@@ -75,14 +75,15 @@ def main(argv: list[str] | None = None) -> dict:
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("gpu_smoke needs a CUDA GPU; none is visible (torch.cuda.is_available() is False)")
     from freezeempath.assets import bundled_question
+    from freezeempath.audio import WhisperLogMel, validate_waveform
     from freezeempath.batch import batch_to
-    from freezeempath.data.audio import WhisperLogMel, validate_waveform
     from freezeempath.model.build import build_model
-    from freezeempath.train.bench import stage1_batch
+    from freezeempath.stages import loss_weights
     from freezeempath.train.loop import build_engine
     from freezeempath.train.losses import total_loss
     from freezeempath.train.memory import estimate_memory
-    from freezeempath.train.stages import loss_weights
+
+    from jobs.bench.stage1_variants import stage1_batch
 
     cuda = args.device == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)

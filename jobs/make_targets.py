@@ -28,7 +28,7 @@ import os
 import sys
 
 from freezeempath.config import load_config
-from freezeempath.data.targets import TargetKind, make_targets
+from freezeempath.prepare.targets import TargetKind, make_targets
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -26,9 +26,9 @@ import sys
 from pathlib import Path
 
 from freezeempath.config import DataConfig
-from freezeempath.data.prepare import PrepareSummary, prepare_corpus
-from freezeempath.data.recipes import Corpus, ManifestFields, SplitFractions, collect, jsonl_manifest, load_corpus
-from freezeempath.data.sample_corpus import build_sample_corpus
+from freezeempath.prepare.corpus import PrepareSummary, prepare_corpus
+from freezeempath.prepare.recipes import Corpus, ManifestFields, SplitFractions, collect, jsonl_manifest, load_corpus
+from freezeempath.prepare.sample_corpus import build_sample_corpus
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -24,7 +24,7 @@ import dataclasses
 import json
 import logging
 
-from freezeempath.data.tts_corpus import parse_voice, read_sentences, synthesize_corpus
+from freezeempath.prepare.tts_corpus import parse_voice, read_sentences, synthesize_corpus
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

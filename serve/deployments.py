@@ -36,12 +36,13 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import torch
+from freezeempath.codec.mel_codec import build_codec_part
 from freezeempath.config import Config
 from freezeempath.inference.llm_session import GenerationRequest, LLMSession, TextGroup
-from freezeempath.inference.parts import build_codec_part, build_decoder_part, build_llm_part, build_understander
 from freezeempath.inference.speech_session import SpeechChunk, SpeechSession
 from freezeempath.inference.understanding import ClipFeatures, understand_clips
 from freezeempath.inference.vocode import VocodeRequest, VocodeResult, VocoderState, vocode_batch
+from freezeempath.model.build import build_decoder_part, build_llm_part, build_understander
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 

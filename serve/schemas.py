@@ -17,8 +17,8 @@ import os
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from freezeempath.audio import validate_waveform
 from freezeempath.config import Config, load_config
-from freezeempath.data.audio import validate_waveform
 from freezeempath.inference.audio_io import INPUT_FORMATS, decode_input_audio, output_formats
 from freezeempath.inference.dialogue import AudioInput, Message
 from pydantic import BaseModel, ConfigDict, Field, model_validator

@@ -36,7 +36,7 @@ def wav_b64(seconds: float = 1.2, seed: int = 0, rate: int = 16_000, fmt: str = 
 
 def unslotted_request(hidden: int = 32) -> Any:
     """A generation request carrying one clip's features but no ``<speech>`` slot: the LLM cannot prefill it."""
-    from freezeempath.data.template import Turn
+    from freezeempath.chat_template import Turn
     from freezeempath.inference.llm_session import GenerationRequest
 
     speech, emotion = torch.zeros(3, hidden), torch.zeros(1, hidden)
@@ -149,7 +149,7 @@ def check_fit_outputs(cfg: Any, out: Path, summary: Any) -> list[dict[str, Any]]
 
     from freezeempath.model.build import build_model
     from freezeempath.model.checkpoint import load_trained
-    from freezeempath.train.stages import Stage
+    from freezeempath.stages import Stage
 
     stage = Stage(cfg.train.stage)
     frozen = json.loads((out / "frozen_check.json").read_text())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 from freezeempath.config import Config, ConfigError, from_dict, load_config, save_config, to_dict
-from freezeempath.presets import NAMES
+from freezeempath.config.presets import NAMES
 from helpers import ROOT
 
 

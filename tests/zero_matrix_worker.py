@@ -22,9 +22,9 @@ def run_rank(rank: int, shard: str, combos: list[tuple[str, int]], out: str, por
     from freezeempath.config import load_config
     from freezeempath.data.collate import Collator
     from freezeempath.data.pipeline import AudioFeatures
+    from freezeempath.stages import Stage, loss_weights
     from freezeempath.train.loop import build_engine, frozen_digest, skip_deepspeed_shm_build
     from freezeempath.train.losses import total_loss
-    from freezeempath.train.stages import Stage, loss_weights
 
     skip_deepspeed_shm_build()
     deepspeed.init_distributed(dist_backend="gloo")

@@ -8,7 +8,7 @@ from importlib import resources
 
 import numpy as np
 
-from freezeempath.data.audio import decode_audio
+from freezeempath.audio import decode_audio
 
 
 @dataclass(frozen=True)

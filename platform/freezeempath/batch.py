@@ -6,7 +6,15 @@ from dataclasses import dataclass
 
 import torch
 
-from freezeempath.model.speech_decoder import DecoderOutput
+
+@dataclass(frozen=True)
+class DecoderOutput:
+    """Teacher-forced pass: ``logits (B, L, V)``, ``labels (B, L)`` (units at unit positions), ``loss``."""
+
+    logits: torch.Tensor
+    labels: torch.Tensor
+    loss: torch.Tensor
+    lens: torch.Tensor
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from freezeempath.chat_template import IGNORE_INDEX, byte_level_chat_tokenizer
 from freezeempath.config import load_config
 from freezeempath.data.collate import Collator, pad_mels
 from freezeempath.data.pipeline import (
@@ -16,9 +17,7 @@ from freezeempath.data.pipeline import (
     length_windows,
     skip_counter,
 )
-from freezeempath.data.template import byte_level_chat_tokenizer
-from freezeempath.model.fusion import IGNORE_INDEX
-from freezeempath.train.stages import Stage
+from freezeempath.stages import Stage
 from helpers import speech_like, write_tiny_shards
 
 pytestmark = pytest.mark.ray

@@ -6,8 +6,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from freezeempath.audio import decode_audio
 from freezeempath.data import shards
-from freezeempath.data.audio import decode_audio
 from freezeempath.data.shards import (
     REQUIRED_COLUMNS,
     SCHEMA,

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import pyarrow.parquet as pq
 import torch
+from freezeempath.chat_template import IGNORE_INDEX
 from freezeempath.data.collate import Collator
 from freezeempath.data.pipeline import AudioFeatures
 from freezeempath.evaluation.ser import _report, evaluate_ser, label_word_scores
 from freezeempath.labels import EMOTIONS, Emotion
-from freezeempath.model.fusion import IGNORE_INDEX
-from freezeempath.train.stages import Stage
+from freezeempath.stages import Stage
 from helpers import write_tiny_shards
 
 

@@ -21,12 +21,13 @@ from typing import Any
 
 import pytest
 import torch
+from freezeempath.chat_template import Turn
+from freezeempath.codec.mel_codec import build_codec_part
 from freezeempath.config import load_config
-from freezeempath.data.template import Turn
 from freezeempath.inference.llm_session import GenerationRequest, LLMSession
-from freezeempath.inference.parts import build_codec_part, build_decoder_part, build_llm_part
 from freezeempath.inference.speech_session import SpeechSession
 from freezeempath.inference.vocode import VocodeRequest, vocode_batch
+from freezeempath.model.build import build_decoder_part, build_llm_part
 from helpers import finite_cache
 
 pytestmark = pytest.mark.gpu

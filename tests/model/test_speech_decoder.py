@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 from freezeempath.config import SpeechDecoderConfig
-from freezeempath.data.interleave import Side, interleave_layout
 from freezeempath.model.build import build_speech_decoder
+from freezeempath.model.interleave import Side, interleave_layout
 from freezeempath.model.speech_decoder import UnitStream
 
 

@@ -189,7 +189,7 @@ def test_only_a_lone_request_skips_the_batch_waits(server, client):
 
 
 def test_a_reply_joins_a_running_batch_and_equals_itself_alone(server, client):
-    from freezeempath.data.template import Turn
+    from freezeempath.chat_template import Turn
     from freezeempath.inference.llm_session import GenerationRequest
 
     def ask():  # the same clip and seed each time
@@ -223,7 +223,7 @@ def test_a_reply_the_llm_cannot_start_ends_in_an_error_chunk_and_serving_goes_on
 
 
 def test_a_reply_that_cannot_join_a_running_batch_fails_alone(server):
-    from freezeempath.data.template import Turn
+    from freezeempath.chat_template import Turn
     from freezeempath.inference.llm_session import GenerationRequest
 
     long = GenerationRequest(turns=(Turn("user", "tell me a story"),), max_new_tokens=240, temperature=1.0, seed=1)
@@ -240,7 +240,7 @@ def test_a_reply_that_cannot_join_a_running_batch_fails_alone(server):
 def test_a_caller_leaving_stops_its_llm_row_while_its_call_serves_others(server):
     """Two replies queued together share one LLM call; the one whose caller leaves has its LLM row
     stopped (``LLM.drop`` reaches the replica running the call, one of two), and the other runs to its end."""
-    from freezeempath.data.template import Turn
+    from freezeempath.chat_template import Turn
     from freezeempath.inference.llm_session import GenerationRequest
 
     def story(seed: int) -> GenerationRequest:

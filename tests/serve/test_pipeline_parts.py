@@ -13,16 +13,21 @@ import pytest
 import soundfile as sf
 import torch
 import torchaudio
+from freezeempath.chat_template import Turn
+from freezeempath.codec.mel_codec import build_codec
 from freezeempath.config import SpeechDecoderConfig, load_config
-from freezeempath.data.template import Turn
 from freezeempath.inference.audio_io import StreamingResampler, decode_input_audio, encode_audio, pcm16_bytes
 from freezeempath.inference.dialogue import FinishReason
 from freezeempath.inference.llm_session import GenerationRequest, LLMSession
-from freezeempath.inference.parts import build_decoder_part, build_full_model, build_llm_part, build_understander
 from freezeempath.inference.speech_session import BatchedUnitStreams, SpeechChunk, SpeechSession
 from freezeempath.inference.vocode import VocodeRequest, vocode_batch
-from freezeempath.model.build import build_speech_decoder
-from freezeempath.model.codec import build_codec
+from freezeempath.model.build import (
+    build_decoder_part,
+    build_llm_part,
+    build_model,
+    build_speech_decoder,
+    build_understander,
+)
 from freezeempath.model.speech_decoder import StreamState, UnitStream
 from helpers import finite_cache, nan_where_nothing_attended, speech_like, unslotted_request
 
@@ -164,7 +169,7 @@ def test_batched_unit_streams_match_separate_unit_streams(temperature):
 @pytest.fixture(scope="module")
 def tiny_parts():
     cfg = load_config("tiny").model
-    return cfg, build_full_model(cfg)
+    return cfg, build_model(cfg)
 
 
 def test_parts_built_alone_equal_the_full_model(tiny_parts):

@@ -7,11 +7,11 @@ import hashlib
 import pytest
 import torch
 from freezeempath.batch import SpeechChatBatch
+from freezeempath.chat_template import Turn, render
 from freezeempath.config import load_config
-from freezeempath.data.template import Turn, render
 from freezeempath.model.build import build_model, parameter_report
+from freezeempath.stages import Stage, apply_stage, loss_weights
 from freezeempath.train.losses import total_loss
-from freezeempath.train.stages import Stage, apply_stage, loss_weights
 from helpers import speech_like
 
 

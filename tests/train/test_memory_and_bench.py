@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 from freezeempath.config import load_config
-from freezeempath.train.bench import run_variant
 from freezeempath.train.memory import estimate_memory
 from helpers import ROOT, speech_like
+
+from jobs.bench.stage1_variants import run_variant
 
 PAPER_S1 = ROOT / "jobs" / "configs" / "train" / "paper" / "stage1_semantic.yaml"
 

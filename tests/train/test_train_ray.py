@@ -8,8 +8,8 @@ from __future__ import annotations
 import pytest
 from freezeempath.config import load_config
 from freezeempath.data.pipeline import epoch_order
+from freezeempath.stages import Stage
 from freezeempath.train.run import run_training
-from freezeempath.train.stages import Stage
 from helpers import STAGE_ZERO_RAY, check_fit_outputs, read_jsonl, write_tiny_shards
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]

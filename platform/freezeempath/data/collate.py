@@ -15,10 +15,10 @@ from ray.data.collate_fn import NumpyBatchCollateFn
 
 from freezeempath import prompts
 from freezeempath.batch import SpeechChatBatch
-from freezeempath.data.template import Turn, render
+from freezeempath.chat_template import IGNORE_INDEX, Turn, render
+from freezeempath.data.shards import cached_batch_arrays
 from freezeempath.labels import Emotion
-from freezeempath.model.fusion import IGNORE_INDEX
-from freezeempath.train.stages import Stage
+from freezeempath.stages import Stage
 
 
 def pad_mels(mels: list[np.ndarray], floors: list[float], window_frames: int) -> torch.Tensor:
@@ -79,8 +79,6 @@ class Collator(NumpyBatchCollateFn):
 
     def _cached(self, batch: dict[str, Any]) -> SpeechChatBatch:
         """Stage 3 from the reply-state cache: no audio, no prompt; the decoder reads the cached states."""
-        from freezeempath.train.hidden_cache import cached_batch_arrays
-
         hidden, tokens, lens = cached_batch_arrays(batch)
         units, unit_lens = self._units(batch)
         none = torch.zeros(0, dtype=torch.long)

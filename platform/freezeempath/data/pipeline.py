@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from freezeempath.config import Config
-from freezeempath.train.stages import Stage
+from freezeempath.stages import Stage
 
 T = TypeVar("T")
 
@@ -97,7 +97,7 @@ class AudioFeatures:
     def __init__(self, n_mels: int, window_frames: int, max_seconds: float, counter_name: str = "") -> None:
         import torch
 
-        from freezeempath.data.audio import WhisperLogMel
+        from freezeempath.audio import WhisperLogMel
 
         torch.set_num_threads(1)
         self.frontend = WhisperLogMel(n_mels, window_frames)
@@ -122,7 +122,7 @@ class AudioFeatures:
         return sort_by_length(out)
 
     def _clip(self, data: Any, declared_rate: Any) -> Any:
-        from freezeempath.data.audio import decode_audio, validate_waveform
+        from freezeempath.audio import decode_audio, validate_waveform
 
         samples, rate = decode_audio(bytes(data) if data is not None else b"")
         if int(declared_rate) != rate:

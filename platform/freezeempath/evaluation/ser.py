@@ -17,12 +17,11 @@ from torch import nn
 
 from freezeempath import prompts
 from freezeempath.batch import SpeechChatBatch
+from freezeempath.chat_template import IGNORE_INDEX, Turn, render
 from freezeempath.config import EncoderConfig
 from freezeempath.data.collate import pad_mels
 from freezeempath.data.pipeline import AudioFeatures
-from freezeempath.data.template import Turn, render
 from freezeempath.labels import EMOTIONS, Emotion
-from freezeempath.model.fusion import IGNORE_INDEX
 
 
 @dataclass(frozen=True)

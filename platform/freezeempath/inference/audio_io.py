@@ -17,7 +17,7 @@ import soundfile as sf
 import torch
 import torchaudio
 
-from freezeempath.data.audio import decode_audio
+from freezeempath.audio import decode_audio
 from freezeempath.inference.dialogue import AudioInput
 from freezeempath.inference.wire import packed_state, unpacked_state
 

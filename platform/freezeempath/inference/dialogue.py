@@ -12,8 +12,8 @@ from typing import Literal
 import numpy as np
 import torch
 
-from freezeempath.data.audio import validate_waveform
-from freezeempath.data.template import Turn
+from freezeempath.audio import validate_waveform
+from freezeempath.chat_template import Turn
 from freezeempath.labels import EMOTIONS, Emotion
 
 

@@ -14,15 +14,14 @@ from dataclasses import dataclass
 
 import torch
 
+from freezeempath.codec.mel_codec import SpeechCodec
 from freezeempath.config import GenerationConfig, ModelConfig
 from freezeempath.inference.dialogue import EmotionResult, FinishReason, Message, Reply, prepare_dialogue
 from freezeempath.inference.llm_session import GenerationRequest, LLMSession
-from freezeempath.inference.parts import SpeechUnderstander
 from freezeempath.inference.speech_session import SpeechChunk, SpeechSession
 from freezeempath.inference.understanding import generation_request, understand_clips
 from freezeempath.inference.vocode import VocodeRequest, VocoderState, vocode_batch
-from freezeempath.model.codec import SpeechCodec
-from freezeempath.model.spoken_chat import FreezeEmpathModel
+from freezeempath.model.spoken_chat import FreezeEmpathModel, SpeechUnderstander
 
 
 @dataclass(frozen=True)
@@ -200,10 +199,11 @@ def collect(events: Iterable[Event], n_streams: int) -> list[Reply]:
 
 def build_responder(cfg: ModelConfig, trained: str | None = None, device: str = "cpu") -> Responder:
     """Model + codec from config (trained parts from an exported artefact directory), ready to answer."""
-    from freezeempath.inference.parts import build_codec_part, build_full_model
+    from freezeempath.codec.mel_codec import build_codec_part
+    from freezeempath.model.build import build_model
 
     return Responder(
-        build_full_model(cfg, trained, device),
+        build_model(cfg, trained=trained, device=device),
         build_codec_part(cfg, device),
         cfg.generation,
         cfg.encoder.max_input_seconds,

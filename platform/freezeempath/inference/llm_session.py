@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from freezeempath.data.template import Turn, render
+from freezeempath.chat_template import Turn, render
 from freezeempath.inference.dialogue import FinishReason
 from freezeempath.inference.kv_rows import join_rows, keep_rows
 from freezeempath.inference.wire import reduce_fields

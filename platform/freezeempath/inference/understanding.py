@@ -13,9 +13,9 @@ from typing import Protocol
 
 import torch
 
+from freezeempath.audio import WhisperLogMel
 from freezeempath.batch import Understanding
-from freezeempath.data.audio import WhisperLogMel
-from freezeempath.data.template import Turn
+from freezeempath.chat_template import Turn
 from freezeempath.inference.dialogue import EmotionResult, PreparedDialogue
 from freezeempath.inference.llm_session import GenerationRequest
 from freezeempath.inference.wire import reduce_fields

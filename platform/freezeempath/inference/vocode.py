@@ -7,7 +7,7 @@ tail, resampler buffer) and kept on the CPU, so chunks of one stream may go to a
 the state may cross to processes without a GPU.
 
 Chunks with the same shape are synthesised together: one units-to-mel pass and one batched
-Griffin-Lim, which equals :meth:`~freezeempath.model.codec.UnitStreamDecoder.push` per stream.
+Griffin-Lim, which equals :meth:`~freezeempath.codec.mel_codec.UnitStreamDecoder.push` per stream.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from dataclasses import dataclass
 import torch
 import torchaudio
 
+from freezeempath.codec.mel_codec import LOG_FLOOR, MelKMeansCodec
 from freezeempath.inference.audio_io import StreamingResampler
 from freezeempath.inference.wire import reduce_fields
-from freezeempath.model.codec import LOG_FLOOR, MelKMeansCodec
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,10 @@
 """Build the model from config: the only reader of ``ModelConfig`` and the only code opening weight files.
 
-In: a :class:`~freezeempath.config.ModelConfig`. Out: a :class:`FreezeEmpathModel` with frozen encoder
-and LLM. ``load_weights=False`` builds random parts from the config's shapes (use it under
-``torch.device("meta")`` to count parameters of the paper preset without any weights).
+In: a :class:`~freezeempath.config.ModelConfig`, optionally an exported artefact directory and a device.
+Out: the whole :class:`FreezeEmpathModel` (training, in-process inference) or the part one serving
+deployment needs (:func:`build_understander`, :func:`build_llm_part`, :func:`build_decoder_part`), with
+the same weights either way. ``load_weights=False`` builds random parts from the config's shapes (use it
+under ``torch.device("meta")`` to count parameters of the paper preset without any weights).
 """
 
 from __future__ import annotations
@@ -13,52 +15,112 @@ from typing import Any
 import torch
 from torch import nn
 
+from freezeempath.audio import WhisperLogMel
+from freezeempath.chat_template import byte_level_chat_tokenizer, stop_token_ids
 from freezeempath.config import EncoderConfig, LLMConfig, ModelConfig, SpeechDecoderConfig
-from freezeempath.data.audio import WhisperLogMel
-from freezeempath.data.template import byte_level_chat_tokenizer, stop_token_ids
 from freezeempath.model.adapter import FrameStackAdapter
+from freezeempath.model.checkpoint import load_trained
 from freezeempath.model.emotion import AuxEmotionHead, EmotionExtractor
 from freezeempath.model.encoder import SpeechEncoder
 from freezeempath.model.llm import FrozenLLM
 from freezeempath.model.masks import every_query_attends
 from freezeempath.model.speech_decoder import SpeechDecoder
-from freezeempath.model.spoken_chat import FreezeEmpathModel
-from freezeempath.train.stages import ParameterCount, Stage, parameter_counts
+from freezeempath.model.spoken_chat import FreezeEmpathModel, SpeechUnderstander
+from freezeempath.stages import ParameterCount, Stage, parameter_counts
 
 log = logging.getLogger(__name__)
 
 
-def build_model(cfg: ModelConfig, load_weights: bool = True) -> FreezeEmpathModel:
-    """Build every part; frozen parts load their base weights when ``load_weights``."""
-    torch.manual_seed(cfg.seed)
-    llm = build_llm(cfg.llm, load_weights)
-    d_llm, d_enc = llm.hidden_size, cfg.encoder.d_model
-    tokenizer = llm.tokenizer
-    with torch.device("cpu"):  # filterbank buffers are computed, even when the parts are built on meta
-        frontend = WhisperLogMel(cfg.encoder.n_mels, cfg.encoder.window_frames, cfg.encoder.sample_rate)
+_PART_SEEDS = {"encoder": 1, "llm": 2, "adapter": 3, "emotion": 4, "aux_head": 5, "speech_decoder": 6}
+
+
+def build_model(
+    cfg: ModelConfig, load_weights: bool = True, trained: str | None = None, device: str | None = None
+) -> FreezeEmpathModel:
+    """Every part, composed: the same weights as the per-part builders below (one serving deployment each).
+
+    Args:
+        cfg: the model config.
+        load_weights: frozen parts load their base weights (``False``: random, e.g. on the meta device).
+        trained: an exported artefact directory (:mod:`freezeempath.model.checkpoint`) for the trained parts.
+        device: where the parts go; ``None`` leaves them where they were built.
+    """
+    understander = build_understander(cfg, trained, device, load_weights)
+    llm, stop_ids = build_llm_part(cfg, device, load_weights)
     model = FreezeEmpathModel(
-        frontend=frontend,
-        encoder=build_encoder(cfg.encoder, load_weights),
-        adapter=FrameStackAdapter(cfg.adapter.k, d_enc, cfg.adapter.hidden, d_llm),
-        emotion=EmotionExtractor(
-            cfg.encoder.layers,
-            d_enc,
-            d_llm,
-            cfg.emotion.gate_hidden,
-            cfg.emotion.heads,
-            cfg.emotion.ffn_hidden,
-        ),
-        aux_head=AuxEmotionHead(d_llm),
+        frontend=understander.frontend,
+        encoder=understander.encoder,
+        adapter=understander.adapter,
+        emotion=understander.emotion,
+        aux_head=understander.aux_head,
         llm=llm,
-        speech_decoder=build_speech_decoder(cfg.speech_decoder, d_llm, llm.vocab_size, cfg.codec.n_units),
-        stop_ids=stop_token_ids(tokenizer) if tokenizer is not None else [],
+        speech_decoder=build_decoder_part(cfg, trained, device),
+        stop_ids=stop_ids,
         read=cfg.speech_decoder.read,
         write=cfg.speech_decoder.write,
     )
-    if cfg.dtype == "bfloat16":
-        model.encoder.to(torch.bfloat16)
-        model.llm.to(torch.bfloat16)
     return model.train(False)
+
+
+def build_understander(
+    cfg: ModelConfig, trained: str | None = None, device: str | None = "cpu", load_weights: bool = True
+) -> SpeechUnderstander:
+    """Front end, frozen encoder (base weights), adapter, emotion extractor and aux head."""
+    d_llm, d_enc = cfg.llm.hidden, cfg.encoder.d_model
+    with torch.device("cpu"):  # filterbank buffers are computed, even when the parts are built on meta
+        frontend = WhisperLogMel(cfg.encoder.n_mels, cfg.encoder.window_frames, cfg.encoder.sample_rate)
+    _seed(cfg, "encoder")
+    encoder = build_encoder(cfg.encoder, load_weights)
+    _seed(cfg, "adapter")
+    adapter = FrameStackAdapter(cfg.adapter.k, d_enc, cfg.adapter.hidden, d_llm)
+    _seed(cfg, "emotion")
+    e = cfg.emotion
+    emotion = EmotionExtractor(cfg.encoder.layers, d_enc, d_llm, e.gate_hidden, e.heads, e.ffn_hidden)
+    _seed(cfg, "aux_head")
+    part = SpeechUnderstander(frontend, encoder, adapter, emotion, AuxEmotionHead(d_llm))
+    if cfg.dtype == "bfloat16":
+        part.encoder.to(torch.bfloat16)
+    _load(part, trained)
+    if device is not None:
+        part.to(device)
+        part.frontend.to("cpu")  # the front end pads clips on the CPU; its mel goes to the device after
+    return part.eval()
+
+
+def build_llm_part(
+    cfg: ModelConfig, device: str | None = "cpu", load_weights: bool = True
+) -> tuple[FrozenLLM, list[int]]:
+    """The frozen LLM (base weights) and the token ids that end a reply (none without a tokenizer)."""
+    _seed(cfg, "llm")
+    llm = build_llm(cfg.llm, load_weights)
+    if llm.vocab_size != cfg.llm.vocab:
+        raise ValueError(f"llm.vocab={cfg.llm.vocab} but the loaded LLM has {llm.vocab_size} embedding rows")
+    if cfg.dtype == "bfloat16":
+        llm.to(torch.bfloat16)
+    if device is not None:
+        llm.to(device)
+    return llm.eval(), stop_token_ids(llm.tokenizer) if llm.tokenizer is not None else []
+
+
+def build_decoder_part(cfg: ModelConfig, trained: str | None = None, device: str | None = "cpu") -> SpeechDecoder:
+    """The speech decoder over the LLM's vocabulary (``cfg.llm.vocab``) and the codec's units."""
+    _seed(cfg, "speech_decoder")
+    decoder = build_speech_decoder(cfg.speech_decoder, cfg.llm.hidden, cfg.llm.vocab, cfg.codec.n_units)
+    _load(nn.ModuleDict({"speech_decoder": decoder}), trained)
+    if device is not None:
+        decoder.to(device)
+    return decoder.eval()
+
+
+def _seed(cfg: ModelConfig, part: str) -> None:
+    """Untrained parts are seeded per part, so every replica of a deployment holds the same weights."""
+    torch.manual_seed(cfg.seed * 100 + _PART_SEEDS[part])
+
+
+def _load(module: nn.Module, trained: str | None) -> None:
+    if trained:
+        loaded = load_trained(module, trained)
+        log.info("loaded trained %s from %s", ", ".join(loaded) or "nothing", trained)
 
 
 def parameter_report(cfg: ModelConfig) -> dict[Stage, ParameterCount]:

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from freezeempath.config import Config, load_config, save_config
-from freezeempath.train.stages import ALWAYS_FROZEN
+from freezeempath.stages import ALWAYS_FROZEN
 
 TRAINED_FILE = "trained.safetensors"
 CONFIG_FILE = "config.yaml"

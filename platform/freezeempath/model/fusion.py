@@ -14,9 +14,7 @@ from typing import Literal
 
 import torch
 
-SPEECH_TOKEN_ID = -200
-EMOTION_TOKEN_ID = -300
-IGNORE_INDEX = -100
+from freezeempath.chat_template import EMOTION_TOKEN_ID, IGNORE_INDEX, SPEECH_TOKEN_ID
 
 
 @dataclass(frozen=True)

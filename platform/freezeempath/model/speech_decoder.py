@@ -17,18 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from freezeempath.data.interleave import Side, interleave_layout
-from freezeempath.model.fusion import IGNORE_INDEX
-
-
-@dataclass(frozen=True)
-class DecoderOutput:
-    """Teacher-forced pass: ``logits (B, L, V)``, ``labels (B, L)`` (units at unit positions), ``loss``."""
-
-    logits: torch.Tensor
-    labels: torch.Tensor
-    loss: torch.Tensor
-    lens: torch.Tensor
+from freezeempath.batch import DecoderOutput
+from freezeempath.chat_template import IGNORE_INDEX
+from freezeempath.model.interleave import Side, interleave_layout
 
 
 class SpeechDecoder(nn.Module):

@@ -7,18 +7,21 @@ embeddings → frozen LLM → (stage 3) speech decoder over the reply's hidden s
 
 from __future__ import annotations
 
+import threading
+
 import torch
 from torch import nn
 
+from freezeempath.audio import WhisperLogMel
 from freezeempath.batch import ChatOutput, SpeechChatBatch, Understanding
-from freezeempath.data.audio import WhisperLogMel
+from freezeempath.chat_template import IGNORE_INDEX
 from freezeempath.model.adapter import FrameStackAdapter
 from freezeempath.model.emotion import AuxEmotionHead, EmotionExtractor
 from freezeempath.model.encoder import EncoderOutput, SpeechEncoder
-from freezeempath.model.fusion import IGNORE_INDEX, FusedInputs, merge_placeholders
+from freezeempath.model.fusion import FusedInputs, merge_placeholders
 from freezeempath.model.llm import FrozenLLM
 from freezeempath.model.speech_decoder import SpeechDecoder
-from freezeempath.train.stages import ALWAYS_FROZEN, Stage
+from freezeempath.stages import ALWAYS_FROZEN, Stage
 
 
 class FreezeEmpathModel(nn.Module):
@@ -142,6 +145,35 @@ class FreezeEmpathModel(nn.Module):
         for b, (r, t) in enumerate(zip(rows, toks, strict=True)):
             out_h[b, : r.shape[0]], out_t[b, : t.numel()] = r, t
         return out_h, out_t, lens
+
+
+class SpeechUnderstander(nn.Module):
+    """The speech side: waveform clips → S rows, E and aux logits (children named as in the full model)."""
+
+    def __init__(
+        self,
+        frontend: WhisperLogMel,
+        encoder: SpeechEncoder,
+        adapter: FrameStackAdapter,
+        emotion: EmotionExtractor,
+        aux_head: AuxEmotionHead,
+    ) -> None:
+        super().__init__()
+        self.frontend, self.encoder, self.adapter = frontend, encoder.requires_grad_(False), adapter
+        self.emotion, self.aux_head = emotion, aux_head
+        # SpeechEncoder.forward collects block outputs with forward hooks on the shared layers, so two
+        # threads encoding at once would mix their layer stacks: one encoder pass at a time.
+        self._encoder_lock = threading.Lock()
+
+    @torch.no_grad()
+    def understand(self, mel: torch.Tensor, mel_lens: torch.Tensor) -> Understanding:
+        """``mel (C, n_mels, F)``, ``mel_lens (C,)`` → S, its lengths, E and aux logits per clip.
+
+        Same computation as ``FreezeEmpathModel.understand`` (both end in ``understand_encoded``).
+        """
+        with self._encoder_lock:
+            enc = self.encoder(mel.to(param_dtype(self.encoder)), mel_lens)
+        return understand_encoded(enc, self.adapter, self.emotion, self.aux_head)
 
 
 def understand_encoded(

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from freezeempath.config import Config, from_dict
-from freezeempath.train.stages import Stage
+from freezeempath.stages import Stage
 
 log = logging.getLogger(__name__)
 CHECKPOINT_TAG = "state"  # DeepSpeed also writes a file named "latest" beside the tag folder
@@ -55,9 +55,9 @@ def build_engine(cfg: Config, total_steps: int, model: Any = None) -> tuple[Any,
     from freezeempath.model.build import build_model
     from freezeempath.model.checkpoint import load_trained
     from freezeempath.model.masks import avoid_cudnn_attention
+    from freezeempath.stages import apply_stage
     from freezeempath.train.ds_config import deepspeed_config
     from freezeempath.train.optimizers import make_optimizer, make_scheduler
-    from freezeempath.train.stages import apply_stage
 
     avoid_cudnn_attention()
     stage = Stage(cfg.train.stage)
@@ -82,9 +82,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     from freezeempath.data.collate import Collator
     from freezeempath.data.pipeline import epoch_order
+    from freezeempath.stages import loss_weights
     from freezeempath.train.losses import total_loss
     from freezeempath.train.metrics import StepMeter
-    from freezeempath.train.stages import loss_weights
 
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
     skip_deepspeed_shm_build()

@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from freezeempath.batch import ChatOutput
-from freezeempath.model.fusion import IGNORE_INDEX
-from freezeempath.train.stages import LossWeights
+from freezeempath.chat_template import IGNORE_INDEX
+from freezeempath.stages import LossWeights
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from freezeempath.config import Config
+from freezeempath.stages import Stage
 from freezeempath.train.ds_config import STAGE3_MAX_LIVE_PARAMETERS
-from freezeempath.train.stages import Stage
 
 GIB = 1024**3
 

@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from freezeempath.batch import ChatOutput, SpeechChatBatch
-from freezeempath.model.fusion import IGNORE_INDEX
+from freezeempath.chat_template import IGNORE_INDEX
+from freezeempath.stages import Stage
 from freezeempath.train.losses import LossParts
-from freezeempath.train.stages import Stage
 
 
 class StepMeter:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from freezeempath.config import Config, save_config, to_dict
-from freezeempath.train.stages import Stage
+from freezeempath.stages import Stage
 
 log = logging.getLogger(__name__)
 
