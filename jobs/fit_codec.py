@@ -40,7 +40,7 @@ import yaml
 from freezeempath.codec.fit import fit_codec, map_large_allocations
 from freezeempath.config import CodecConfig, Config, from_dict, load_config, save_config
 from freezeempath.data.shards import list_shards
-from freezeempath.prepare.codec_speech import read_waves
+from freezeempath.prepare.fitting_speech import read_waves
 
 log = logging.getLogger("jobs.fit_codec")
 

@@ -25,10 +25,11 @@ import argparse
 import json
 import logging
 import os
-import sys
 
 from freezeempath.config import load_config
 from freezeempath.prepare.targets import TargetKind, make_targets
+
+from jobs.ray_cluster import connect
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -50,17 +51,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict:
     """Start or join Ray, make the targets, print the summary JSON and return it."""
-    import ray
-
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = load_config(args.config, args.overrides)
-    if not ray.is_initialized():
-        if args.address:
-            ray.init(address=args.address)
-        else:
-            ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False)
-    ray.data.DataContext.get_current().enable_progress_bars = sys.stderr.isatty()
+    connect(args.address, args.num_cpus)
     summary = make_targets(args.kind, args.inputs, args.out, cfg, ser_shards=args.ser).to_dict()
     print(json.dumps(summary, indent=2, sort_keys=True))
     return summary

@@ -22,13 +22,14 @@ import dataclasses
 import json
 import logging
 import os
-import sys
 from pathlib import Path
 
 from freezeempath.config import DataConfig
 from freezeempath.prepare.corpus import PrepareSummary, prepare_corpus
 from freezeempath.prepare.recipes import Corpus, ManifestFields, SplitFractions, collect, jsonl_manifest, load_corpus
 from freezeempath.prepare.sample_corpus import build_sample_corpus
+
+from jobs.ray_cluster import connect
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -75,16 +76,9 @@ def run(args: argparse.Namespace) -> PrepareSummary:
 
 def main(argv: list[str] | None = None) -> dict:
     """Start or join Ray, run the job, print the summary JSON and return it."""
-    import ray
-
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if not ray.is_initialized():
-        if args.address:
-            ray.init(address=args.address)
-        else:
-            ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False)
-    ray.data.DataContext.get_current().enable_progress_bars = sys.stderr.isatty()
+    connect(args.address, args.num_cpus)
     summary = run(args).to_dict()
     print(json.dumps(summary, indent=2, sort_keys=True))
     return summary

@@ -17,7 +17,7 @@ import pytest
 import soundfile as sf
 from freezeempath.config import DataConfig
 from freezeempath.data.shards import SCHEMA, Split
-from freezeempath.prepare.corpus import SUMMARY_FILE, SkipReason, load_clip, plan_shards, prepare_corpus
+from freezeempath.prepare.corpus import SUMMARY_FILE, ClipSkip, load_clip, plan_shards, prepare_corpus
 from freezeempath.prepare.recipes import Corpus, RawRow, SplitFractions, collect, load_corpus
 from helpers import ROOT, speech_like
 
@@ -84,17 +84,17 @@ def test_plan_shards_mixes_ids_that_encode_the_label():
 
 
 def test_load_clip_reasons(tmp_path):
-    assert load_clip(str(tmp_path / "nope.wav"), 30)[1] is SkipReason.MISSING
-    assert load_clip("", 30)[1] is SkipReason.MISSING
+    assert load_clip(str(tmp_path / "nope.wav"), 30)[1] is ClipSkip.MISSING
+    assert load_clip("", 30)[1] is ClipSkip.MISSING
     (tmp_path / "empty.wav").write_bytes(b"")
-    assert load_clip(str(tmp_path / "empty.wav"), 30)[1] is SkipReason.EMPTY
+    assert load_clip(str(tmp_path / "empty.wav"), 30)[1] is ClipSkip.EMPTY
     (tmp_path / "bad.wav").write_bytes(b"RIFF\x00\x00garbage" * 10)
-    assert load_clip(str(tmp_path / "bad.wav"), 30)[1] is SkipReason.UNDECODABLE
+    assert load_clip(str(tmp_path / "bad.wav"), 30)[1] is ClipSkip.UNDECODABLE
     sf.write(tmp_path / "zero.wav", np.zeros(0, np.float32), 16_000)
-    assert load_clip(str(tmp_path / "zero.wav"), 30)[1] is SkipReason.EMPTY
+    assert load_clip(str(tmp_path / "zero.wav"), 30)[1] is ClipSkip.EMPTY
     sf.write(tmp_path / "nan.wav", np.full(160, np.nan, np.float32), 16_000, subtype="FLOAT")
-    assert load_clip(str(tmp_path / "nan.wav"), 30)[1] is SkipReason.INVALID
-    assert load_clip(str(wav(tmp_path / "long.wav", seconds=1.5)), 1.0)[1] is SkipReason.TOO_LONG
+    assert load_clip(str(tmp_path / "nan.wav"), 30)[1] is ClipSkip.INVALID
+    assert load_clip(str(wav(tmp_path / "long.wav", seconds=1.5)), 1.0)[1] is ClipSkip.TOO_LONG
     stereo = np.stack([speech_like(0.5, rate=44_100).numpy()] * 2, axis=1)
     sf.write(tmp_path / "cd.wav", stereo, 44_100)
     wave, reason = load_clip(str(tmp_path / "cd.wav"), 30)

@@ -23,7 +23,7 @@ from freezeempath.codec.vq import MelVQCodec
 from freezeempath.config import load_config
 from freezeempath.data.shards import encode_flac, read_stats, write_shard
 from freezeempath.labels import Emotion
-from freezeempath.prepare.codec_speech import read_waves
+from freezeempath.prepare.fitting_speech import read_waves
 from freezeempath.prepare.pairing import SerClip, plan_pairs
 from freezeempath.prepare.synthesis import REPLY_VOICE, EspeakSynthesizer, Synthesizer
 from freezeempath.prepare.targets import (

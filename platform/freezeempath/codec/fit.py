@@ -1,6 +1,6 @@
 """Codec fit: a fresh codec of ``model.codec.kind`` fitted on 16 kHz clips, and the allocator setting it needs.
 
-In: a config and mono 16 kHz waveforms (``freezeempath.prepare.codec_speech.read_waves`` reads them from
+In: a config and mono 16 kHz waveforms (``freezeempath.prepare.fitting_speech.read_waves`` reads them from
 shards). Out: a fitted codec (``MelKMeansCodec`` or ``MelVQCodec``) with its ``CodecFitReport``.
 """
 

@@ -1,1 +1,2 @@
-"""Data steps: audio decoding and features, chat templates, R/W interleaving."""
+"""Training input: the shard format, the streaming Ray Data pipeline (shards → log-mel rows) and collation
+of rows into ``SpeechChatBatch`` on the train workers."""

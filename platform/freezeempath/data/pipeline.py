@@ -279,10 +279,9 @@ def read_shards(cfg: Config, paths: list[str], columns: list[str], num_cpus: flo
 def build_dataset(cfg: Config, paths: list[str], stage: Stage, counter_name: str = "") -> Any:
     """The streaming dataset for ``stage``: read + length buckets + features, fused in one actor pool.
 
-    Read and features ask for the same CPUs and the read is not split, which is what lets Ray Data fuse
-    them (Read->MapBatches): before, each 8-row block went read task → object store → actor call, and
-    Ray's cost per call matched the features'. CPU fractions stay small: Ray Train reserves its workers'
-    CPUs and Ray Data must fit in the rest (2 cores, 2 × 0.5-CPU workers: one 0.5-CPU feature actor).
+    Read and features ask for the same CPUs and the read is not split, so Ray Data fuses them
+    (Read->MapBatches) and no block crosses the object store between them. CPU fractions stay small: Ray
+    Train reserves its workers' CPUs and Ray Data must fit in the rest.
     """
     import ray
 

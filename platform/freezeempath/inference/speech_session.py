@@ -21,7 +21,7 @@ from freezeempath.inference.dialogue import FinishReason
 from freezeempath.inference.kv_rows import add_empty_rows, keep_rows
 from freezeempath.inference.llm_session import TextGroup
 from freezeempath.inference.wire import reduce_fields
-from freezeempath.model.speech_decoder import SpeechDecoder, StreamState
+from freezeempath.model.speech_decoder import SpeechDecoder, UnitStreamState
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,7 @@ class BatchedUnitStreams:
         self.device = next(decoder.parameters()).device
         self.cache = DynamicCache()
         self.mask = torch.zeros(n, 0, dtype=torch.long, device=self.device)
-        self.state = [StreamState.OPEN] * n
+        self.state = [UnitStreamState.OPEN] * n
         self.written = [0] * n
         self.next_logits: list[torch.Tensor | None] = [None] * n
         self.generators = [torch.Generator(device=self.device).manual_seed(s) for s in seeds]
@@ -70,7 +70,7 @@ class BatchedUnitStreams:
         """Rows join at the end, one per seed, attending nothing yet."""
         n = len(seeds)
         self.mask = add_empty_rows(self.cache, self.mask, n)
-        self.state += [StreamState.OPEN] * n
+        self.state += [UnitStreamState.OPEN] * n
         self.written += [0] * n
         self.next_logits += [None] * n
         self.generators += [torch.Generator(device=self.device).manual_seed(s) for s in seeds]
@@ -111,7 +111,7 @@ class BatchedUnitStreams:
         sep = self.decoder.embed(torch.tensor([self.decoder.sep_id], device=self.device))  # (1, d)
         blocks = {}
         for b in sorted(set(rows) | end):
-            if self.state[b] is not StreamState.OPEN:
+            if self.state[b] is not UnitStreamState.OPEN:
                 continue
             parts = []
             if b in rows and rows[b][1].numel():
@@ -119,7 +119,7 @@ class BatchedUnitStreams:
                 parts.append(self.decoder.fuse(hidden.to(self.device), tokens.to(self.device)))
             if b in end:
                 parts.append(sep)
-                self.state[b] = StreamState.TEXT_DONE
+                self.state[b] = UnitStreamState.TEXT_DONE
             if parts:
                 blocks[b] = torch.cat(parts)
         self.feed(blocks)
@@ -128,14 +128,14 @@ class BatchedUnitStreams:
     def write(self, rows: set[int], limit: int) -> dict[int, list[int]]:
         """Sample up to ``limit`` units per row (UnitStream.write's rules for EOS and the budget)."""
         units: dict[int, list[int]] = {b: [] for b in rows}
-        active = {b for b in rows if self.state[b] is not StreamState.FINISHED and self.next_logits[b] is not None}
+        active = {b for b in rows if self.state[b] is not UnitStreamState.FINISHED and self.next_logits[b] is not None}
         for _ in range(limit):
             step = {}
             for b in sorted(active):
                 unit = self._sample(b)
                 if unit == self.decoder.n_units or self.written[b] >= self.max_units:  # EOS or out of budget
-                    if self.state[b] is StreamState.TEXT_DONE or self.written[b] >= self.max_units:
-                        self.state[b] = StreamState.FINISHED
+                    if self.state[b] is UnitStreamState.TEXT_DONE or self.written[b] >= self.max_units:
+                        self.state[b] = UnitStreamState.FINISHED
                     continue
                 units[b].append(unit)
                 self.written[b] += 1
@@ -253,7 +253,7 @@ class SpeechSession:
         if g is not None and g.error is not None:  # this request failed alone; its stream ends here
             self.phase[b] = _Phase.DONE
             return SpeechChunk(text="", error=g.error, prompt_tokens=g.prompt_tokens, server_fault=g.server_fault)
-        finished = self.finish[b] is not None and (not self.speech[b] or self.units.state[b] is StreamState.FINISHED)
+        finished = self.finish[b] is not None and (not self.speech[b] or self.units.state[b] is UnitStreamState.FINISHED)
         if finished:
             self.phase[b] = _Phase.DONE
         if g is None and not units and not finished:

@@ -126,7 +126,7 @@ def _interleave_order(
     return order, torch.tensor([len(o) for o in orders])
 
 
-class StreamState(enum.Enum):
+class UnitStreamState(enum.Enum):
     """Where a :class:`UnitStream` is: taking text states, or done after EOS / the unit budget."""
 
     OPEN = "open"
@@ -165,7 +165,7 @@ class UnitStream:
         self.temperature = temperature
         self.generator = generator
         self.cache = DynamicCache()
-        self.state = StreamState.OPEN
+        self.state = UnitStreamState.OPEN
         self.written = 0
         self._next_logits: torch.Tensor | None = None
 
@@ -178,7 +178,7 @@ class UnitStream:
     @torch.no_grad()
     def read(self, hidden: torch.Tensor, tokens: torch.Tensor) -> None:
         """Append text states: ``hidden (k, D_llm)``, ``tokens (k,)``."""
-        if self.state is not StreamState.OPEN:
+        if self.state is not UnitStreamState.OPEN:
             raise RuntimeError(f"cannot read text in state {self.state.value}")
         if tokens.numel():
             self._feed(self.decoder.fuse(hidden, tokens))
@@ -186,9 +186,9 @@ class UnitStream:
     @torch.no_grad()
     def end_text(self) -> None:
         """The LLM has finished: append ``<sep>``; later writes run until EOS."""
-        if self.state is StreamState.OPEN:
+        if self.state is UnitStreamState.OPEN:
             self._feed(self.decoder.embed(torch.tensor([self.decoder.sep_id], device=self.cache_device)))
-            self.state = StreamState.TEXT_DONE
+            self.state = UnitStreamState.TEXT_DONE
 
     @property
     def cache_device(self) -> torch.device:
@@ -202,19 +202,19 @@ class UnitStream:
         Before ``end_text`` an EOS ends the phase early without being fed; after it, EOS finishes.
         """
         units, logits = [], []
-        while len(units) < limit and self.state is not StreamState.FINISHED and self._next_logits is not None:
+        while len(units) < limit and self.state is not UnitStreamState.FINISHED and self._next_logits is not None:
             step_logits = self._next_logits
             unit = forced[len(units)] if forced is not None else self._sample(step_logits)
             logits.append(step_logits)
             if unit == self.decoder.n_units or self.written >= self.max_units:  # EOS or out of budget
-                if self.state is StreamState.TEXT_DONE or self.written >= self.max_units:
-                    self.state = StreamState.FINISHED
+                if self.state is UnitStreamState.TEXT_DONE or self.written >= self.max_units:
+                    self.state = UnitStreamState.FINISHED
                 break
             units.append(unit)
             self.written += 1
             self._feed(self.decoder.embed(self.decoder.unit_ids(torch.tensor([unit], device=self.cache_device))))
         stacked = torch.stack(logits) if logits else torch.empty(0)
-        return WriteResult(units=units, logits=stacked, finished=self.state is StreamState.FINISHED)
+        return WriteResult(units=units, logits=stacked, finished=self.state is UnitStreamState.FINISHED)
 
     def _sample(self, logits: torch.Tensor) -> int:
         first = self.decoder.text_vocab + 1

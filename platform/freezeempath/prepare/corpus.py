@@ -6,7 +6,7 @@ In: ``CorpusRows`` from ``freezeempath.prepare.recipes`` (audio paths, labels, s
 The shard plan is a stable split of the id-sorted rows, so shard names are deterministic and a rerun
 skips shards already on disk (resume). Each pending shard is one Arrow block; one Ray task per block
 reads, decodes (soundfile), resamples (torchaudio) and FLAC-encodes its rows, skips bad rows with a
-``SkipReason``, and writes the shard atomically with its statistics in the Parquet metadata. The output
+``ClipSkip``, and writes the shard atomically with its statistics in the Parquet metadata. The output
 folder must be visible to every Ray worker (local disk on one node, shared storage on a cluster).
 """
 
@@ -44,7 +44,7 @@ PLAN_SCHEMA = pa.schema(
 )
 
 
-class SkipReason(enum.Enum):
+class ClipSkip(enum.Enum):
     """Why a row was left out of its shard."""
 
     MISSING = "missing"  # no such file, or unreadable
@@ -109,7 +109,7 @@ def _mix_key(row: RawRow) -> str:
     return hashlib.sha256(row.id.encode()).hexdigest()
 
 
-def load_clip(path: str, max_seconds: float) -> tuple[np.ndarray | None, SkipReason | None]:
+def load_clip(path: str, max_seconds: float) -> tuple[np.ndarray | None, ClipSkip | None]:
     """Read one audio file → ``(mono float32 (N,) at 16 kHz, None)`` or ``(None, reason)``."""
     file = Path(path)
     try:
@@ -117,23 +117,23 @@ def load_clip(path: str, max_seconds: float) -> tuple[np.ndarray | None, SkipRea
     except OSError:  # unreadable (permissions, vanished) counts as missing, not as a crash
         data = None
     if data is None:
-        return None, SkipReason.MISSING
+        return None, ClipSkip.MISSING
     if not data:
-        return None, SkipReason.EMPTY
+        return None, ClipSkip.EMPTY
     try:
         samples, rate = decode_audio(data)
     except ValueError:
-        return None, SkipReason.UNDECODABLE
+        return None, ClipSkip.UNDECODABLE
     if samples.size == 0:
-        return None, SkipReason.EMPTY
+        return None, ClipSkip.EMPTY
     if not np.isfinite(samples).all():
-        return None, SkipReason.INVALID
+        return None, ClipSkip.INVALID
     if samples.shape[0] / rate > max_seconds:
-        return None, SkipReason.TOO_LONG
+        return None, ClipSkip.TOO_LONG
     try:
         wave = validate_waveform(samples, rate, max_seconds, TARGET_RATE)
     except ValueError:
-        return None, SkipReason.INVALID
+        return None, ClipSkip.INVALID
     return wave.numpy(), None
 
 

@@ -14,7 +14,7 @@ shard per input shard, with the same file name, plus ``summary.json``. Kinds (:c
   :data:`~freezeempath.prepare.synthesis.REPLY_VOICE`.
 - ``units`` (stage 3): ``reply_units`` = the codec's units of ``reply_audio``.
 
-Rows that cannot get a target are dropped and counted by :class:`SkipReason`. The pending shards run on a
+Rows that cannot get a target are dropped and counted by :class:`TargetSkip`. The pending shards run on a
 Ray Data actor pool; each actor loads its LLM, synthesizer or codec once and writes whole shards
 atomically, so a rerun skips the shards already written (resume). Pairing for stage 2b is in
 :mod:`freezeempath.prepare.pairing`; codec fitting from shards in :mod:`freezeempath.codec.fit`.
@@ -64,7 +64,7 @@ class TargetKind(enum.Enum):
     UNITS = "units"
 
 
-class SkipReason(enum.Enum):
+class TargetSkip(enum.Enum):
     """Why an input row produced no output row."""
 
     NO_TRANSCRIPT = "no_transcript"
@@ -161,7 +161,7 @@ class ReplyMaker:
         todo = [r for r in rows if r["transcript"]]
         skipped: Counter[str] = Counter()
         if len(todo) < len(rows):
-            skipped[SkipReason.NO_TRANSCRIPT.value] = len(rows) - len(todo)
+            skipped[TargetSkip.NO_TRANSCRIPT.value] = len(rows) - len(todo)
         seeds = [row_seed(self.cfg.targets.seed, r["id"]) for r in todo]
         replies = generate_replies(self.llm, [reply_turns(r["transcript"]) for r in todo], seeds, self.cfg)
         return _with_replies(todo, replies, skipped), skipped
@@ -197,12 +197,12 @@ class PseudoEmpathyMaker:
         return out, skipped
 
 
-def _pair_skip(row: Mapping[str, Any], labels: Mapping[str, str], paired: set[str]) -> SkipReason | None:
+def _pair_skip(row: Mapping[str, Any], labels: Mapping[str, str], paired: set[str]) -> TargetSkip | None:
     if not row["transcript"]:
-        return SkipReason.NO_TRANSCRIPT
+        return TargetSkip.NO_TRANSCRIPT
     if row["id"] not in labels:
-        return SkipReason.NO_SER_CLIP
-    return None if row["id"] in paired else SkipReason.UNPAIRED
+        return TargetSkip.NO_SER_CLIP
+    return None if row["id"] in paired else TargetSkip.UNPAIRED
 
 
 def _with_replies(
@@ -211,9 +211,9 @@ def _with_replies(
     out = []
     for row, reply in zip(rows, replies, strict=True):
         if reply is None:
-            skipped[SkipReason.PROMPT_TOO_LONG.value] += 1
+            skipped[TargetSkip.PROMPT_TOO_LONG.value] += 1
         elif not reply:
-            skipped[SkipReason.EMPTY_REPLY.value] += 1
+            skipped[TargetSkip.EMPTY_REPLY.value] += 1
         else:
             out.append({**row, "reply": reply})
     return out
@@ -249,7 +249,7 @@ class SpeechMaker:
         out = []
         for row in rows:
             if not row.get("reply"):
-                skipped[SkipReason.NO_REPLY.value] += 1
+                skipped[TargetSkip.NO_REPLY.value] += 1
                 continue
             try:
                 emotion = REPLY_VOICE[Emotion.parse(row["emotion"]) if row["emotion"] else Emotion.NEUTRAL]
@@ -257,7 +257,7 @@ class SpeechMaker:
                 wave = validate_waveform(samples, rate, float("inf"), RATE).numpy()
             except (subprocess.SubprocessError, ValueError) as err:  # failed, hung, or no audio
                 logger.warning("synthesis failed for %s: %s", row["id"], err)
-                skipped[SkipReason.SYNTHESIS_FAILED.value] += 1
+                skipped[TargetSkip.SYNTHESIS_FAILED.value] += 1
                 continue
             out.append({**row, "reply_audio": encode_flac(wave, RATE)})
         return out, skipped
@@ -279,13 +279,13 @@ class UnitsMaker:
         out = []
         for row in rows:
             if not row.get("reply_audio"):
-                skipped[SkipReason.NO_REPLY_AUDIO.value] += 1
+                skipped[TargetSkip.NO_REPLY_AUDIO.value] += 1
                 continue
             try:
                 samples, rate = decode_audio(row["reply_audio"])
                 wave = validate_waveform(samples, rate, float("inf"), self.codec.sample_rate)
             except ValueError:
-                skipped[SkipReason.UNDECODABLE.value] += 1
+                skipped[TargetSkip.UNDECODABLE.value] += 1
                 continue
             out.append({**row, "reply_units": self.codec.encode(wave).tolist()})
         return out, skipped

@@ -5,8 +5,8 @@ weights, trainable weights, gradients, optimizer state, a coarse activation term
 encoder's layer stack and the parameters ZeRO-3 gathers at once. Model states follow the ZeRO paper's
 accounting (bf16 weights and grads, fp32 master + Adam m and v = 12 bytes per trainable parameter);
 activations use 34·s·b·h bytes per transformer layer (Korthikanti et al., no recomputation), counted only
-for the parts gradients flow through. Allocator slack and framework temporaries are not modelled: on an
-H200 the measured peak of stage 1 was 1.4–1.5× the estimate (README, Performance).
+for the parts gradients flow through. Allocator slack and framework temporaries are not modelled, so a
+measured peak sits above the estimate (README, Performance, compares the two).
 """
 
 from __future__ import annotations

@@ -12,8 +12,8 @@ from freezeempath.config import TrainConfig
 def make_optimizer(params: list[torch.nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
     """AdamW over ``params`` (the stage's trainable parameters; never an empty group).
 
-    ``fused``: one kernel per step instead of a Python loop over tensors; on CPU that loop is a
-    sizeable share of a small model's step (stage 3 on tiny: about a fifth).
+    ``fused``: one kernel per step instead of a Python loop over tensors, a loop that weighs on a
+    small model's step on CPU.
     """
     if not params:
         raise ValueError("no trainable parameters for the optimizer")

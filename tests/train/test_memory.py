@@ -1,13 +1,11 @@
-"""Memory estimate (ZeRO accounting) and the frozen-vs-fine-tuned benchmark's exact state bytes."""
+"""Memory estimate (ZeRO accounting) per preset, stage, ZeRO stage and world size."""
 
 from __future__ import annotations
 
 import pytest
 from freezeempath.config import load_config
 from freezeempath.train.memory import estimate_memory
-from helpers import ROOT, speech_like
-
-from jobs.bench.stage1_variants import run_variant
+from helpers import ROOT
 
 PAPER_S1 = ROOT / "jobs" / "configs" / "train" / "paper" / "stage1_semantic.yaml"
 
@@ -27,17 +25,6 @@ def test_stage3_activations_only_count_the_decoder():
     s1 = estimate_memory(load_config(PAPER_S1), 8)
     assert s3.activations < s1.activations
     assert s3.optimizer > 10 * s1.optimizer  # the 0.5 B decoder trains in stage 3
-
-
-def test_frozen_llm_needs_a_fraction_of_gradient_and_optimizer_memory():
-    cfg = load_config("tiny")
-    waves = [speech_like(1.0, seed=1), speech_like(0.7, seed=2)]
-    frozen = run_variant(cfg, waves, full=False, steps=1)
-    full = run_variant(cfg, waves, full=True, steps=1)
-    # grad + Adam m + v in fp32 (plus AdamW's scalar step counters)
-    assert frozen.grad_optimizer_bytes == pytest.approx(frozen.trainable_params * 12, rel=1e-3)
-    assert full.grad_optimizer_bytes == pytest.approx(full.trainable_params * 12, rel=1e-3)
-    assert frozen.grad_optimizer_bytes < 0.5 * full.grad_optimizer_bytes
 
 
 def test_estimate_counts_logits_encoder_stack_and_zero3_live_parameters():

@@ -58,7 +58,7 @@ def read_waves(shards: str | Sequence[str], column: str = "audio", limit: int = 
 
 
 @dataclasses.dataclass
-class CodecSpeechSummary:
+class FittingSpeechSummary:
     """What a run wrote: shards, rows and minutes of audio per speed, input rows skipped by reason."""
 
     shards_written: int = 0
@@ -131,16 +131,16 @@ def _row(rows: list[dict[str, Any]], waves: list[torch.Tensor], speed: float) ->
     }
 
 
-def make_codec_speech(
+def make_fitting_speech(
     inputs: str | Sequence[str], out_dir: str | Path, speeds: Sequence[float] = (1.0,), join_seconds: float = 25.0
-) -> CodecSpeechSummary:
+) -> FittingSpeechSummary:
     """Write ``<input shard>-x<speed>.parquet`` under ``out_dir`` for each input shard and speed; shards
-    already there are kept. Returns the run's :class:`CodecSpeechSummary` (kept shards count their rows)."""
+    already there are kept. Returns the run's :class:`FittingSpeechSummary` (kept shards count their rows)."""
     if not speeds or any(s <= 0 for s in speeds):
         raise ValueError(f"speeds must be positive numbers, got {list(speeds)}")
     if join_seconds < 0:
         raise ValueError(f"join_seconds must be >= 0 (0 = no joining), got {join_seconds}")
-    summary, skipped, minutes = CodecSpeechSummary(), Counter(), Counter()
+    summary, skipped, minutes = FittingSpeechSummary(), Counter(), Counter()
     for shard in list_shards(inputs):
         todo = {s: Path(out_dir) / f"{Path(shard).stem}-x{s:g}.parquet" for s in speeds}
         for speed, path in list(todo.items()):

@@ -6,10 +6,10 @@ clips into rows of up to ``--join-seconds`` (25) lets an ``encoder_vq`` fit spen
 window per row instead of one per clip. Transcripts are not needed: other languages' real speech helps
 too. Writes one shard per input shard and speed (kept on rerun) and prints a summary as JSON::
 
-    python -m jobs.codec_speech --in "outputs/shards/ravdess/train-*" --out outputs/shards/ravdess-speed \\
+    python -m jobs.fitting_speech --in "outputs/shards/ravdess/train-*" --out outputs/shards/ravdess-speed \\
         --speeds 0.9 1.1
     python -m jobs.prepare --corpus jsonl --root prompts.jsonl --out outputs/shards/prompts   # any real speech
-    python -m jobs.codec_speech --in outputs/shards/prompts --out outputs/shards/prompts-joined
+    python -m jobs.fitting_speech --in outputs/shards/prompts --out outputs/shards/prompts-joined
     python -m jobs.fit_codec --in "outputs/shards/ravdess/train-*" outputs/shards/ravdess-speed \\
         outputs/shards/prompts-joined --out outputs/codec/real --config demo targets.codec_fit_clips=0 \\
         model.codec.kind=encoder_vq model.codec.decoder_hidden=512
@@ -24,7 +24,7 @@ import dataclasses
 import json
 import logging
 
-from freezeempath.prepare.codec_speech import make_codec_speech
+from freezeempath.prepare.fitting_speech import make_fitting_speech
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -42,9 +42,9 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        summary = dataclasses.asdict(make_codec_speech(args.inputs, args.out, args.speeds, args.join_seconds))
+        summary = dataclasses.asdict(make_fitting_speech(args.inputs, args.out, args.speeds, args.join_seconds))
     except ValueError as err:
-        raise SystemExit(f"codec_speech: {err}") from None
+        raise SystemExit(f"fitting_speech: {err}") from None
     print(json.dumps(summary, indent=2, sort_keys=True))
     return summary
 

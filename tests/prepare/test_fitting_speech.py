@@ -1,4 +1,4 @@
-"""Codec fitting speech (``prepare/codec_speech.py``, ``jobs/codec_speech.py``): speed copies, joining, resume."""
+"""Codec fitting speech (``prepare/fitting_speech.py``, ``jobs/fitting_speech.py``): speed copies, joining, resume."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from freezeempath.data.shards import encode_flac, write_shard
-from freezeempath.prepare.codec_speech import join_clips, make_codec_speech, read_waves, speed_copy
+from freezeempath.prepare.fitting_speech import join_clips, make_fitting_speech, read_waves, speed_copy
 
-from jobs import codec_speech as job
+from jobs import fitting_speech as job
 
 RATE = 16_000
 
@@ -68,7 +68,7 @@ def write_rows(path: Path) -> None:
 def test_job_writes_joined_speed_copies_skips_bad_rows_and_resumes(tmp_path: Path) -> None:
     write_rows(tmp_path / "in" / "part-0.parquet")
     out = tmp_path / "out"
-    summary = make_codec_speech(str(tmp_path / "in"), out, speeds=(1.0, 0.9), join_seconds=2.5)
+    summary = make_fitting_speech(str(tmp_path / "in"), out, speeds=(1.0, 0.9), join_seconds=2.5)
     assert summary.shards_written == 2 and summary.rows_in == 5 and summary.skipped == {"bad_audio": 1}
     plain = pq.read_table(out / "part-0-x1.parquet").to_pylist()
     slow = pq.read_table(out / "part-0-x0.9.parquet").to_pylist()
@@ -80,7 +80,7 @@ def test_job_writes_joined_speed_copies_skips_bad_rows_and_resumes(tmp_path: Pat
     assert plain[0]["duration"] == pytest.approx(2.2) and slow[0]["duration"] == pytest.approx(2 / 0.9 + 0.2, abs=0.01)
     waves = read_waves([str(out)])
     assert len(waves) == 6 and sum(w.numel() for w in waves) == pytest.approx(RATE * (5 + 5 / 0.9 + 0.2 * 4), rel=0.01)
-    again = make_codec_speech(str(tmp_path / "in"), out, speeds=(1.0, 0.9), join_seconds=2.5)
+    again = make_fitting_speech(str(tmp_path / "in"), out, speeds=(1.0, 0.9), join_seconds=2.5)
     assert (again.shards_written, again.shards_kept, again.rows_out) == (0, 2, 6)
     assert again.minutes == summary.minutes
 
