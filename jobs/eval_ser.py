@@ -30,14 +30,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def load_model(config_path: Path, artefacts: list[str]):
-    """The training run's model: its config, its seed, then the artefacts loaded strictly."""
-    import torch
+    """The training run's model: its config (random parts are seeded from it), then the artefacts loaded strictly."""
     from freezeempath.config import load_config
     from freezeempath.model.build import build_model
     from freezeempath.model.checkpoint import load_trained
 
     cfg = load_config(config_path)
-    torch.manual_seed(cfg.train.seed)  # as the training loop does before building: same random parts
     model = build_model(cfg.model)
     for directory in artefacts:
         load_trained(model, directory)
@@ -65,8 +63,9 @@ def main(argv: list[str] | None = None) -> dict:
         report = evaluate_ser(model, rows, cfg.model.encoder)
         result[name] = asdict(report) | {"seconds": round(time.perf_counter() - start, 1), "artefacts": artefacts}
         print(
-            f"{name}: {report.clips} clips, label word {report.label_word_accuracy:.1%}, "
-            f"aux head {report.aux_accuracy:.1%}, majority class {report.majority_rate:.1%}"
+            f"{name}: {report.clips} clips, label word {report.label_word.accuracy:.1%} "
+            f"(UAR {report.label_word.uar:.1%}), aux head {report.aux.accuracy:.1%}, "
+            f"majority class {report.aux.majority_rate:.1%}"
         )
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2))

@@ -4,11 +4,13 @@ counts what it should."""
 from __future__ import annotations
 
 import pyarrow.parquet as pq
+import pytest
 import torch
 from freezeempath.chat_template import IGNORE_INDEX
 from freezeempath.data.collate import Collator
 from freezeempath.data.pipeline import AudioFeatures
-from freezeempath.evaluation.ser import _report, evaluate_ser, label_word_scores
+from freezeempath.evaluation.classification import UNREAD
+from freezeempath.evaluation.ser import evaluate_ser, label_word_scores, read_label_word
 from freezeempath.labels import EMOTIONS, Emotion
 from freezeempath.stages import Stage
 from helpers import write_tiny_shards
@@ -37,11 +39,21 @@ def test_evaluate_reports_every_labelled_clip(tiny_cfg, tiny_model, tmp_path):
     rows = pq.read_table(path).to_pydict()
     rows["emotion"][0] = None  # unlabelled rows are left out
     report = evaluate_ser(tiny_model, rows, tiny_cfg.model.encoder, batch_clips=4)
-    assert report.clips == 5 and sum(map(sum, report.confusion)) == 5
-    assert 0.0 <= report.label_word_accuracy <= 1.0 and 0.0 <= report.aux_accuracy <= 1.0
+    assert report.clips == 5 and sum(map(sum, report.label_word.confusion)) == 5
+    assert 0.0 <= report.label_word.accuracy <= 1.0 and 0.0 <= report.aux.accuracy <= 1.0
 
 
-def test_report_counts():
-    report = _report([0, 0, 1, 4], [0, 1, 1, 4], [0, 0, 0, 0])
-    assert report.label_word_accuracy == 0.75 and report.aux_accuracy == 0.5 and report.majority_rate == 0.5
-    assert report.confusion[0][1] == 1 and report.confusion[4][4] == 1
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Sad.", Emotion.SAD.index),
+        ("The speaker sounds ANGRY, maybe a little surprised.", Emotion.ANGRY.index),  # the first one named
+        ("I hear sadness in your voice.", Emotion.SAD.index),
+        ("Their tone is neutral", Emotion.NEUTRAL.index),
+        ("a surprise!", Emotion.SURPRISED.index),
+        ("I cannot tell.", UNREAD),
+        ("unhappy", UNREAD),  # whole words only: "unhappy" is not "happy"
+    ],
+)
+def test_read_label_word_takes_the_first_class_named(text, expected):
+    assert read_label_word(text) == expected

@@ -3,12 +3,13 @@
 In: a model (trained parts loaded) and columnar rows with ``audio``/``sample_rate``/``emotion`` (shards).
 Out: :class:`SerReport` — for each clip the stage-2a prompt (spoken turn + SER instruction) is scored with
 each of the five label words as the reply, and the word the frozen LLM finds most likely (reply tokens and
-end of turn, summed log-probabilities) is the prediction; the aux classifier's accuracy and the majority
-class rate (what always answering the commonest class gets) come with it.
+end of turn, summed log-probabilities) is the prediction; the aux classifier's scores come with it.
+:func:`read_label_word` reads the class a generated answer names (the paper's protocol).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,18 +22,36 @@ from freezeempath.chat_template import IGNORE_INDEX, Turn, render
 from freezeempath.config import EncoderConfig
 from freezeempath.data.collate import pad_mels
 from freezeempath.data.pipeline import AudioFeatures
+from freezeempath.evaluation.classification import UNREAD, ClassScores, class_scores
 from freezeempath.labels import EMOTIONS, Emotion
 
 
 @dataclass(frozen=True)
 class SerReport:
-    """Accuracies over ``clips`` labelled clips; ``confusion[true][pred]`` counts by label word."""
+    """SER over ``clips`` labelled clips, read two ways: the most likely of the five label words after the
+    stage-2a prompt (``label_word``), and the auxiliary head's top class (``aux``)."""
 
     clips: int
-    label_word_accuracy: float
-    aux_accuracy: float
-    majority_rate: float
-    confusion: list[list[int]]
+    label_word: ClassScores
+    aux: ClassScores
+
+
+_WORD_FORMS = {
+    Emotion.ANGRY: ("angry", "anger", "angrily"),
+    Emotion.SURPRISED: ("surprised", "surprise", "surprising"),
+    Emotion.HAPPY: ("happy", "happiness", "happily"),
+    Emotion.SAD: ("sad", "sadness", "sadly"),
+    Emotion.NEUTRAL: ("neutral",),
+}
+_FORM_PATTERN = re.compile(r"\b(" + "|".join(f for forms in _WORD_FORMS.values() for f in forms) + r")\b")
+_FORM_CLASS = {f: e.index for e, forms in _WORD_FORMS.items() for f in forms}
+
+
+def read_label_word(text: str) -> int:
+    """The class a generated answer names (the paper's protocol): the first label word or its noun or adverb
+    form in ``text``, any case; ``UNREAD`` when it names none."""
+    found = _FORM_PATTERN.search(text.lower())
+    return _FORM_CLASS[found.group(1)] if found else UNREAD
 
 
 @torch.no_grad()
@@ -104,17 +123,4 @@ def evaluate_ser(model: Any, rows: dict[str, list], enc: EncoderConfig, batch_cl
 
 
 def _report(labels: list[int], word_pred: list[int], aux_pred: list[int]) -> SerReport:
-    n = len(labels)
-    if n == 0:
-        raise ValueError("no labelled clips to evaluate")
-    confusion = [[0] * len(EMOTIONS) for _ in EMOTIONS]
-    for t, p in zip(labels, word_pred, strict=True):
-        confusion[t][p] += 1
-    majority = max(labels.count(i) for i in range(len(EMOTIONS))) / n
-    return SerReport(
-        clips=n,
-        label_word_accuracy=sum(t == p for t, p in zip(labels, word_pred, strict=True)) / n,
-        aux_accuracy=sum(t == p for t, p in zip(labels, aux_pred, strict=True)) / n,
-        majority_rate=majority,
-        confusion=confusion,
-    )
+    return SerReport(clips=len(labels), label_word=class_scores(labels, word_pred), aux=class_scores(labels, aux_pred))

@@ -116,11 +116,11 @@ def reply_turns(transcript: str, emotion: str | None = None) -> list[Turn]:
 
 
 def load_llm(cfg: Config) -> Any:
-    """The frozen LLM of ``cfg`` with its weights; random sources are seeded with ``model.seed``."""
-    from freezeempath.model.build import build_llm
+    """The frozen LLM of ``cfg`` with its weights: the model's own (a random source is seeded per part, so
+    every actor and the training run build the same one)."""
+    from freezeempath.model.build import build_llm_part
 
-    torch.manual_seed(cfg.model.seed)  # every actor builds the same random (tiny) LLM
-    return build_llm(cfg.model.llm, load_weights=True)
+    return build_llm_part(cfg.model, device=None)[0]
 
 
 def generate_replies(llm: Any, prompts_: Sequence[list[Turn]], seeds: Sequence[int], cfg: Config) -> list[str | None]:
