@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = load_config(args.config, args.overrides)
-    map_large_allocations()  # else long fits fragment the heap (codec_fit.map_large_allocations)
+    map_large_allocations()  # else long fits fragment the heap (codec.fit.map_large_allocations)
     if args.evaluate is not None:
         report = {
             "codec_dir": str(args.evaluate),
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 def fitted_codec(directory: Path, cfg: Config) -> Any:
     """The codec saved in ``directory`` by this job, built from its ``codec_config.yaml``."""
-    from freezeempath.codec.mel_codec import build_codec
+    from freezeempath.codec.build import build_codec
 
     if not (directory / "codec_config.yaml").is_file():
         raise FileNotFoundError(f"{directory} has no codec_config.yaml: not a codec folder written by jobs.fit_codec")

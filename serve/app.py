@@ -1,6 +1,6 @@
-"""Serve application builder: ``ServeArgs`` → ``Gateway(SpeechUnderstanding, SpeechDecoder(LLM, Vocoder))``.
+"""Serve application builder: ``ServeArgs`` → ``Gateway(SpeechUnderstanding, SpeechDecoding(LLM, Vocoder))``.
 
-In: the ``args:`` of a Serve YAML (validated as :class:`~serve.schemas.ServeArgs`). Out: the bound
+In: the ``args:`` of a Serve YAML (validated as :class:`~serve.args.ServeArgs`). Out: the bound
 application; each deployment takes its replicas, autoscaling, actor options, queue limits and batching
 from ``args.deployments``. Run from the repository root::
 
@@ -20,9 +20,9 @@ from typing import Any
 
 from ray.serve import Application
 
-from serve.deployments import LLM, SpeechDecoder, SpeechUnderstanding, Vocoder
+from serve.args import ServeArgs
+from serve.deployments import LLM, SpeechDecoding, SpeechUnderstanding, Vocoder
 from serve.gateway import Gateway
-from serve.schemas import ServeArgs
 
 
 def build_app(args: ServeArgs | dict[str, Any]) -> Application:
@@ -36,7 +36,7 @@ def build_app(args: ServeArgs | dict[str, Any]) -> Application:
     vocoder = Vocoder.options(**d.vocoder.serve_options(env)).bind(
         args.model, args.batching_of("vocoder"), args.output_sample_rate
     )
-    decoder = SpeechDecoder.options(**d.decoder.serve_options(env)).bind(
+    decoder = SpeechDecoding.options(**d.decoder.serve_options(env)).bind(
         llm, vocoder, args.model, args.batching_of("decoder"), args.low_latency
     )
     return Gateway.options(**d.gateway.serve_options(env)).bind(understanding, decoder, args)

@@ -27,7 +27,6 @@ import json
 import logging
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -46,17 +45,10 @@ from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException
 
-from serve.deployments import set_cpu_priority
-from serve.schemas import (
-    ApiError,
-    ChatCompletionRequest,
-    ChatPlan,
-    EmotionRequest,
-    ServeArgs,
-    StoredAudio,
-    audio_input,
-    chat_plan,
-)
+from serve.api import ApiError, ChatCompletionRequest, ChatPlan, EmotionRequest, StoredAudio, audio_input, chat_plan
+from serve.args import ServeArgs
+from serve.deployments.replica import set_cpu_priority
+from serve.stores import AudioStore, ClipCache
 
 log = logging.getLogger("ray.serve")
 app = FastAPI(title="FreezeEmpath", docs_url=None, redoc_url=None)
@@ -130,59 +122,9 @@ def parse(model: type[Body], body: bytes) -> Body:
         raise ApiError(400, f"{where}: {first['msg']}" if where else first["msg"], param=where or None) from None
 
 
-class AudioStore:
-    """Assistant audio ids → :class:`StoredAudio` until they expire (oldest dropped past ``capacity``)."""
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity, self.items = capacity, OrderedDict[str, StoredAudio]()
-
-    def put(self, audio_id: str, item: StoredAudio) -> None:
-        """Keep ``item``; drops expired and excess entries."""
-        now = time.time()
-        for key in [k for k, v in self.items.items() if v.expires_at < now]:
-            del self.items[key]
-        self.items[audio_id] = item
-        while len(self.items) > self.capacity:
-            self.items.popitem(last=False)
-
-    def get(self, audio_id: str) -> StoredAudio | None:
-        """The stored reply, or None when unknown or expired."""
-        item = self.items.get(audio_id)
-        return item if item is not None and item.expires_at >= time.time() else None
-
-
-class ClipCache:
-    """Understood clips by content hash (re-sent history skips the encoder); the least recently used
-    go past ``capacity`` clips or ``max_bytes`` of features (a 30 s clip is about 2 MB at paper widths)."""
-
-    def __init__(self, capacity: int, max_bytes: int) -> None:
-        self.capacity, self.max_bytes, self.bytes = capacity, max_bytes, 0
-        self.items = OrderedDict[str, ClipFeatures]()
-
-    def get(self, key: str) -> ClipFeatures | None:
-        return self.items.get(key)
-
-    def put(self, key: str, features: ClipFeatures) -> None:
-        """Keep ``features`` as the most recent; drops the least recent past either bound. Clips larger
-        than the whole byte budget are not kept (nor do they flush the rest)."""
-        if key in self.items:
-            self.items.move_to_end(key)
-            return
-        if (size := _nbytes(features)) > self.max_bytes:
-            return
-        self.items[key] = features
-        self.bytes += size
-        while self.items and (len(self.items) > self.capacity or self.bytes > self.max_bytes):
-            self.bytes -= _nbytes(self.items.popitem(last=False)[1])
-
-
-def _nbytes(features: ClipFeatures) -> int:
-    return sum(t.element_size() * t.numel() for t in (features.speech, features.emotion))
-
-
 @dataclass
-class Reply:
-    """One chat reply in flight."""
+class ReplyInFlight:
+    """One chat reply in flight: its request and plan, the decoder's stream, and what has come so far."""
 
     chat: ChatCompletionRequest
     plan: ChatPlan
@@ -282,9 +224,9 @@ class Gateway:
             if not streaming:
                 self.active -= 1
 
-    async def _start(self, chat: ChatCompletionRequest, started: float) -> Reply:
+    async def _start(self, chat: ChatCompletionRequest, started: float) -> ReplyInFlight:
         plan = chat_plan(chat, self.args, self.store.get, self.max_seconds)
-        try:
+        try:  # the plan's clips were checked by ``audio_input``: this checks the dialogue's shape only
             prepared = prepare_dialogue(plan.messages, self.max_seconds)
         except ValueError as err:
             raise ApiError(400, str(err), param="messages") from None
@@ -306,7 +248,7 @@ class Gateway:
             raise ApiError(400, first.error, param="messages")
         emotion = features[-1].emotion_result if plan.messages[-1].audio is not None else None
         rows = sum(f.speech.shape[0] + 1 for f in features)
-        return Reply(chat, plan, emotion, stream, first, rows, started)
+        return ReplyInFlight(chat, plan, emotion, stream, first, rows, started)
 
     async def _understand(self, clips: list[torch.Tensor], keys: list[str]) -> list[ClipFeatures]:
         """Clip features, from the content-hash cache or one understanding call per clip (batched there)."""
@@ -321,7 +263,7 @@ class Gateway:
             self.clips.put(key, features)
         return result
 
-    async def _parts(self, reply: Reply) -> AsyncIterator[tuple[SpeechChunk, torch.Tensor | None]]:
+    async def _parts(self, reply: ReplyInFlight) -> AsyncIterator[tuple[SpeechChunk, torch.Tensor | None]]:
         """Decoder chunks with their audio, vocoded by the decoder's batch (the first after W units)."""
         chunk = reply.first
         while True:
@@ -341,7 +283,7 @@ class Gateway:
             except StopAsyncIteration:  # never inside an async generator: Python turns it into a bare RuntimeError
                 raise RuntimeError("the speech decoder ended the reply without its final chunk") from None
 
-    async def _complete(self, reply: Reply) -> dict[str, Any]:
+    async def _complete(self, reply: ReplyInFlight) -> dict[str, Any]:
         try:
             audio = [a async for _, a in self._parts(reply) if a is not None]
         finally:
@@ -368,7 +310,7 @@ class Gateway:
             "x_timing": {"first_audio_s": reply.first_audio, "total_s": total},
         }
 
-    async def _sse(self, reply: Reply) -> AsyncIterator[str]:
+    async def _sse(self, reply: ReplyInFlight) -> AsyncIterator[str]:
         audio_out = reply.plan.audio_out
         try:
             # the role event leaves with the first chunk's events (``_start`` awaited that chunk, so there
@@ -402,21 +344,23 @@ class Gateway:
             if not reply.finished:  # client gone or failure: stop this stream's generator chain
                 reply.stream.cancel()
 
-    def _store(self, reply: Reply) -> int:
+    def _store(self, reply: ReplyInFlight) -> int:
         expires = int(time.time()) + self.limits.audio_ttl_s
         voice = reply.plan.voice or ""
         label = reply.emotion.label.value if reply.emotion else None
         self.store.put(reply.audio_id, StoredAudio(reply.transcript, expires, voice, label, reply.units))
         return expires
 
-    def _envelope(self, reply: Reply, obj: str) -> dict[str, Any]:
+    def _envelope(self, reply: ReplyInFlight, obj: str) -> dict[str, Any]:
         return {"id": reply.id, "object": obj, "created": reply.created, "model": reply.chat.model}
 
-    def _event(self, reply: Reply, delta: dict[str, Any], finish_reason: str | None = None, **extra: Any) -> str:
+    def _event(
+        self, reply: ReplyInFlight, delta: dict[str, Any], finish_reason: str | None = None, **extra: Any
+    ) -> str:
         choice = {"index": 0, "delta": delta, "finish_reason": finish_reason}
         return _data({**self._envelope(reply, "chat.completion.chunk"), "choices": [choice], **extra})
 
-    def _usage(self, reply: Reply) -> dict[str, Any]:
+    def _usage(self, reply: ReplyInFlight) -> dict[str, Any]:
         prompt = reply.first.prompt_tokens
         return {
             "prompt_tokens": prompt,
@@ -426,7 +370,7 @@ class Gateway:
             "completion_tokens_details": {"audio_tokens": reply.units},
         }
 
-    def _log(self, reply: Reply, stream: bool) -> float:
+    def _log(self, reply: ReplyInFlight, stream: bool) -> float:
         total = time.perf_counter() - reply.started
         first = f"{reply.first_audio:.3f} s" if reply.first_audio is not None else "none"
         log.info(

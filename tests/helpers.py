@@ -34,6 +34,14 @@ def wav_b64(seconds: float = 1.2, seed: int = 0, rate: int = 16_000, fmt: str = 
     return base64.b64encode(buffer.getvalue()).decode()
 
 
+def text_request(text: str, tokens: int, seed: int = 0, temperature: float = 1.0) -> Any:
+    """A generation request of one typed user turn (no clips), sampled unless ``temperature`` is 0."""
+    from freezeempath.chat_template import Turn
+    from freezeempath.inference.llm_session import GenerationRequest
+
+    return GenerationRequest(turns=(Turn("user", text),), max_new_tokens=tokens, temperature=temperature, seed=seed)
+
+
 def unslotted_request(hidden: int = 32) -> Any:
     """A generation request carrying one clip's features but no ``<speech>`` slot: the LLM cannot prefill it."""
     from freezeempath.chat_template import Turn

@@ -16,7 +16,7 @@ from freezeempath.bundle import (
     read_manifest,
     write_bundle,
 )
-from freezeempath.codec.mel_codec import build_codec
+from freezeempath.codec.build import build_codec
 
 
 def _nudge(module: torch.nn.Module, amount: float) -> None:

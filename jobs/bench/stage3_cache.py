@@ -5,7 +5,7 @@
 
 Both paths train the same decoder on the same rows in micro-batches of 4, side by side in one run: the live
 path decodes audio, computes features, runs the encoder and the frozen LLM every step; the cached path reads
-the LLM's reply states written once by ``train.hidden_cache``. Target: ≥ 3× faster per epoch after the first.
+the LLM's reply states written once by ``train.reply_cache``. Target: ≥ 3× faster per epoch after the first.
 """
 
 from __future__ import annotations

@@ -105,15 +105,6 @@ def frozen_hashes(model: nn.Module) -> dict[str, str]:
     return {part: module_sha256(getattr(model, part)) for part in ALWAYS_FROZEN}
 
 
-def file_sha256(path: str | Path) -> str:
-    """sha256 of a file's bytes (data shards in provenance records)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def write_bundle(
     directory: str | Path,
     model: nn.Module,

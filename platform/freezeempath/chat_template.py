@@ -31,11 +31,13 @@ CHATML_TEMPLATE = (
 @dataclass(frozen=True)
 class Turn:
     """One dialogue turn. A spoken user turn (``spoken=True``) becomes ``<speech>(with a <emotion> …).``
-    followed by ``text`` if any; other turns carry ``text`` only."""
+    followed by ``text`` if any (``<speech>`` alone with ``emotion_slot=False``); other turns carry
+    ``text`` only."""
 
     role: Literal["system", "user", "assistant"]
     text: str = ""
     spoken: bool = False
+    emotion_slot: bool = True
 
 
 @dataclass(frozen=True)
@@ -62,7 +64,7 @@ def to_messages(turns: list[Turn], system_prompt: str = prompts.EMPATHETIC_SYSTE
     for turn in turns:
         content = sanitize(turn.text)
         if turn.spoken:
-            content = prompts.speech_turn() + (f" {content}" if content else "")
+            content = prompts.speech_turn(turn.emotion_slot) + (f" {content}" if content else "")
         messages.append({"role": turn.role, "content": content})
     return messages
 

@@ -9,11 +9,16 @@ EMOTION_SLOT = "<emotion>"
 EMOTION_PREFIX = "(with a "
 EMOTION_SUFFIX = " emotional tone)."
 SER_INSTRUCTION = "What is the emotional tone of the speaker? Answer with one word."
+# Evaluation probes (freezeempath.evaluation): understanding is asked under a plain assistant prompt, so
+# the empathetic one does not steer a transcript or an answer.
+PLAIN_SYSTEM_PROMPT = "You are a helpful assistant. Answer briefly."
+ASR_INSTRUCTION = "Write down exactly what the speaker said, and nothing else."
 
 
-def speech_turn() -> str:
-    """User content of one spoken turn: ``<speech>(with a <emotion> emotional tone).``"""
-    return f"{SPEECH_SLOT}{EMOTION_PREFIX}{EMOTION_SLOT}{EMOTION_SUFFIX}"
+def speech_turn(emotion: bool = True) -> str:
+    """User content of one spoken turn: ``<speech>(with a <emotion> emotional tone).``, or ``<speech>``
+    alone without the emotion slot (the empathy probe's control)."""
+    return f"{SPEECH_SLOT}{EMOTION_PREFIX}{EMOTION_SLOT}{EMOTION_SUFFIX}" if emotion else SPEECH_SLOT
 
 
 def text_twin(transcript: str, emotion_word: str) -> str:

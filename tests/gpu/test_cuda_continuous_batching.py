@@ -21,14 +21,13 @@ from typing import Any
 
 import pytest
 import torch
-from freezeempath.chat_template import Turn
-from freezeempath.codec.mel_codec import build_codec_part
+from freezeempath.codec.build import build_codec_part
 from freezeempath.config import load_config
 from freezeempath.inference.llm_session import GenerationRequest, LLMSession
 from freezeempath.inference.speech_session import SpeechSession
 from freezeempath.inference.vocode import VocodeRequest, vocode_batch
 from freezeempath.model.build import build_decoder_part, build_llm_part
-from helpers import finite_cache
+from helpers import finite_cache, text_request
 
 pytestmark = pytest.mark.gpu
 
@@ -62,17 +61,13 @@ def parts() -> tuple[Any, Any, list[int], Any, Any]:
     return cfg, llm, stop, build_decoder_part(cfg, None, DEVICE), build_codec_part(cfg, DEVICE)
 
 
-def _request(text: str, tokens: int, seed: int) -> GenerationRequest:
-    return GenerationRequest(turns=(Turn("user", text),), max_new_tokens=tokens, temperature=1.0, seed=seed)
-
-
 def test_llm_rows_join_and_leave_on_the_device(parts):
     cfg, llm, stop, _, _ = parts
-    first = [_request("tell me a long story", 30, seed=1), _request("hi", 5, seed=6)]  # left-padded prefill
+    first = [text_request("tell me a long story", 30, seed=1), text_request("hi", 5, seed=6)]  # left-padded prefill
     session = LLMSession(llm, stop, first, read=3, output_device="cpu")
     late = [
-        [_request("hi", 9, seed=2)],
-        [_request("how are you today, my friend?", 12, seed=3), _request("ok", 4, seed=4)],
+        [text_request("hi", 9, seed=2)],
+        [text_request("how are you today, my friend?", 12, seed=3), text_request("ok", 4, seed=4)],
     ]
     seen: list[int] = []
     for step in range(100):
@@ -100,7 +95,7 @@ def test_decoder_rows_join_mid_reply_on_the_device(parts):
             out.append(step[0])
         return out
 
-    queues = [groups(_request("a long answer, please", 24, seed=4)), groups(_request("hi", 6, seed=5))]
+    queues = [groups(text_request("a long answer, please", 24, seed=4)), groups(text_request("hi", 6, seed=5))]
     speech = SpeechSession(decoder, [True], sd.read, sd.write, 90, 1.0, [7])
     owners, units = [0], [[], []]
     for round_ in range(200):

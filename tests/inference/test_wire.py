@@ -8,7 +8,7 @@ import pickle
 import pytest
 import torch
 from freezeempath.chat_template import Turn
-from freezeempath.codec.mel_codec import build_codec
+from freezeempath.codec.build import build_codec
 from freezeempath.config import load_config
 from freezeempath.inference.audio_io import StreamingResampler
 from freezeempath.inference.dialogue import EmotionResult, FinishReason

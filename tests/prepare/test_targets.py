@@ -17,8 +17,9 @@ import pytest
 import torch
 from freezeempath.audio import decode_audio
 from freezeempath.chat_template import to_messages
+from freezeempath.codec.build import build_codec
 from freezeempath.codec.fit import fit_codec
-from freezeempath.codec.mel_codec import MelKMeansCodec, build_codec
+from freezeempath.codec.kmeans_codec import MelKMeansCodec
 from freezeempath.codec.vq import MelVQCodec
 from freezeempath.config import load_config
 from freezeempath.data.shards import encode_flac, read_stats, write_shard

@@ -31,7 +31,7 @@ MAX_BODY = 2 * 2**20
 
 def tiny_args():
     """``serve/configs/local.yaml`` args with the tiny preset, one replica each (two LLMs), small limits."""
-    from serve.schemas import ServeArgs
+    from serve.args import ServeArgs
 
     args = yaml.safe_load((ROOT / "serve" / "configs" / "local.yaml").read_text())["applications"][0]["args"]
     args["model"].update(config="tiny", overrides=["model.generation.max_new_tokens=12"])
@@ -123,7 +123,7 @@ def _hang_up_after_first_audio(client) -> None:
 def _decoder():
     from ray import serve
 
-    return serve.get_deployment_handle("SpeechDecoder", app_name="freezeempath")
+    return serve.get_deployment_handle("SpeechDecoding", app_name="freezeempath")
 
 
 def _understanding():
@@ -296,7 +296,7 @@ def test_calls_between_replicas_carry_messages_past_grpcs_default_limit(server):
     import torch
     from ray import serve
 
-    from serve.schemas import ServeArgs
+    from serve.args import ServeArgs
 
     @serve.deployment(ray_actor_options={"num_cpus": 0, "runtime_env": {"env_vars": ServeArgs().replica_env()}})
     class Sizes:

@@ -1,7 +1,7 @@
 """Ray Train + DeepSpeed (gloo, 2 workers, tiny preset): every stage trains with frozen weights unchanged and
 artefacts that reload; ZeRO-2 and ZeRO-3 + offload alternate across stages so both cover the frozen-LLM paths
 (one Ray Train fit each keeps the suite short on 2 cores: stage 1's is the killed-worker run, which resumes
-with no repeated or lost step or row, and stage 3b's trains from cached LLM states in test_hidden_cache.py)."""
+with no repeated or lost step or row, and stage 3b's trains from cached LLM states in test_reply_cache.py)."""
 
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ def test_stage_matrix_covers_every_stage_under_both_zero_modes():
 
 STAGE_ZERO = STAGE_ZERO_RAY  # the other mode of each stage: test_zero_matrix.py
 RESUMED = ("s1", 3)  # trained by the killed-worker test below
-CACHED = ("s3b", 3)  # trained from cached LLM reply states by test_hidden_cache.py
+CACHED = ("s3b", 3)  # trained from cached LLM reply states by test_reply_cache.py
 # (both check the same outputs as the stage test, with check_fit_outputs)
 
 

@@ -41,7 +41,7 @@ CACHED_STAGE3_COLUMNS = ("id", "reply_units", "reply_tokens", "reply_hidden", "r
 
 
 def is_reply_state_cache(paths: list[str]) -> bool:
-    """Whether the shards are stage-3 reply-state caches (``train.hidden_cache``), not audio shards."""
+    """Whether the shards are stage-3 reply-state caches (``train.reply_cache``), not audio shards."""
     import pyarrow.parquet as pq
 
     return (

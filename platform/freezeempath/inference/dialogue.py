@@ -1,6 +1,9 @@
 """Dialogue state for inference: typed messages (text or audio) and what a reply produced.
 
 In: client messages. Out: validated clips and template turns for :mod:`freezeempath.inference.generate`.
+A clip is validated once: :func:`prepare_dialogue` checks each :class:`AudioInput`, and takes a
+:class:`CheckedAudio` (from :func:`check_audio`, which a caller runs earlier to report a bad clip its own
+way) as it is.
 """
 
 from __future__ import annotations
@@ -26,12 +29,27 @@ class AudioInput:
 
 
 @dataclass(frozen=True)
+class CheckedAudio:
+    """A clip that passed :func:`check_audio`: mono float32 ``(N,)`` at ``sample_rate`` Hz, no longer than
+    the limit it was checked against."""
+
+    samples: torch.Tensor
+    sample_rate: int
+
+
+def check_audio(audio: AudioInput | CheckedAudio, max_seconds: float, sample_rate: int = 16_000) -> CheckedAudio:
+    """Validate one clip (:func:`~freezeempath.audio.validate_waveform`): mono, finite, non-empty, a sane
+    rate, at most ``max_seconds``; resampled to ``sample_rate``. Raises ``ValueError`` naming the problem."""
+    return CheckedAudio(validate_waveform(audio.samples, audio.sample_rate, max_seconds, sample_rate), sample_rate)
+
+
+@dataclass(frozen=True)
 class Message:
     """One dialogue message: user text and/or audio, or an assistant's earlier reply text."""
 
     role: Literal["user", "assistant"]
     text: str = ""
-    audio: AudioInput | None = None
+    audio: AudioInput | CheckedAudio | None = None
 
 
 @dataclass(frozen=True)
@@ -43,7 +61,11 @@ class PreparedDialogue:
 
 
 def prepare_dialogue(messages: list[Message], max_seconds: float, sample_rate: int = 16_000) -> PreparedDialogue:
-    """Validate a dialogue and its audio; raises ``ValueError`` naming the problem."""
+    """Validate a dialogue and its audio; raises ``ValueError`` naming the problem.
+
+    An :class:`AudioInput` is checked here (:func:`check_audio`); a :class:`CheckedAudio` at
+    ``sample_rate`` was checked already and is taken as it is.
+    """
     if not messages:
         raise ValueError("dialogue has no messages")
     if messages[-1].role != "user":
@@ -56,9 +78,11 @@ def prepare_dialogue(messages: list[Message], max_seconds: float, sample_rate: i
             raise ValueError(f"message {i}: only user messages may carry input audio")
         if msg.audio is None and not msg.text.strip():
             raise ValueError(f"message {i}: empty message (no text and no audio)")
-        if msg.audio is not None:
+        if isinstance(msg.audio, CheckedAudio) and msg.audio.sample_rate == sample_rate:
+            clips.append(msg.audio.samples)
+        elif msg.audio is not None:
             try:
-                clips.append(validate_waveform(msg.audio.samples, msg.audio.sample_rate, max_seconds, sample_rate))
+                clips.append(check_audio(msg.audio, max_seconds, sample_rate).samples)
             except ValueError as err:
                 raise ValueError(f"message {i}: {err}") from None
         turns.append(Turn(role=msg.role, text=msg.text, spoken=msg.audio is not None))

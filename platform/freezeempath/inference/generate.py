@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from freezeempath.codec.mel_codec import SpeechCodec
+from freezeempath.codec.protocol import SpeechCodec
 from freezeempath.config import GenerationConfig, ModelConfig
 from freezeempath.inference.dialogue import EmotionResult, FinishReason, Message, Reply, prepare_dialogue
 from freezeempath.inference.llm_session import GenerationRequest, LLMSession
@@ -197,9 +197,40 @@ def collect(events: Iterable[Event], n_streams: int) -> list[Reply]:
     return replies
 
 
+@dataclass(frozen=True)
+class TextReply:
+    """A reply generated as text only: its tokens, its text and why it ended."""
+
+    token_ids: tuple[int, ...]
+    text: str
+    finish_reason: FinishReason
+
+
+@torch.no_grad()
+def text_replies(model: FreezeEmpathModel, requests: list[GenerationRequest], top_p: float = 1.0) -> list[TextReply]:
+    """The frozen LLM's replies to ``requests`` with no speech decoding (evaluation probes, text-only turns).
+
+    Raises:
+        ValueError: a request cannot be generated (its prompt does not fit), naming it.
+    """
+    session = LLMSession(model.llm, model.stop_ids, requests, model.read, top_p)
+    tokens: list[list[int]] = [[] for _ in requests]
+    texts, finish = [""] * len(requests), [FinishReason.STOP] * len(requests)
+    while (groups := session.step()) is not None:
+        for i, group in enumerate(groups):
+            if group is None:
+                continue
+            if group.error is not None:
+                raise ValueError(f"request {i}: {group.error}")
+            tokens[i] += group.token_ids
+            texts[i] += "".join(group.pieces)
+            finish[i] = group.finish_reason or finish[i]
+    return [TextReply(tuple(t), x, f) for t, x, f in zip(tokens, texts, finish, strict=True)]
+
+
 def build_responder(cfg: ModelConfig, trained: str | None = None, device: str = "cpu") -> Responder:
     """Model + codec from config (trained parts from an exported artefact directory), ready to answer."""
-    from freezeempath.codec.mel_codec import build_codec_part
+    from freezeempath.codec.build import build_codec_part
     from freezeempath.model.build import build_model
 
     return Responder(

@@ -188,7 +188,8 @@ class LLMSession:
         speech = torch.zeros(len(rows), int(lens.max()), d, dtype=dtype, device=self.device)
         for i, s in enumerate(rows):
             speech[i, : s.shape[0]] = s.to(speech)
-        return speech, lens, torch.stack(emotion).to(device=self.device, dtype=dtype)
+        e = torch.stack(emotion) if emotion else torch.zeros(0, 1, d)  # no emotion slot (a control prompt)
+        return speech, lens, e.to(device=self.device, dtype=dtype)
 
     @property
     def done(self) -> bool:

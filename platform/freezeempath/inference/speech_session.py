@@ -253,7 +253,9 @@ class SpeechSession:
         if g is not None and g.error is not None:  # this request failed alone; its stream ends here
             self.phase[b] = _Phase.DONE
             return SpeechChunk(text="", error=g.error, prompt_tokens=g.prompt_tokens, server_fault=g.server_fault)
-        finished = self.finish[b] is not None and (not self.speech[b] or self.units.state[b] is UnitStreamState.FINISHED)
+        finished = self.finish[b] is not None and (
+            not self.speech[b] or self.units.state[b] is UnitStreamState.FINISHED
+        )
         if finished:
             self.phase[b] = _Phase.DONE
         if g is None and not units and not finished:

@@ -7,7 +7,8 @@ tail, resampler buffer) and kept on the CPU, so chunks of one stream may go to a
 the state may cross to processes without a GPU.
 
 Chunks with the same shape are synthesised together: one units-to-mel pass and one batched
-Griffin-Lim, which equals :meth:`~freezeempath.codec.mel_codec.UnitStreamDecoder.push` per stream.
+Griffin-Lim (the codec's own, :func:`~freezeempath.codec.griffin_lim.synthesize_chunk`), which equals
+:meth:`~freezeempath.codec.mel_decoder.UnitStreamDecoder.push` per stream.
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 import torch
-import torchaudio
 
-from freezeempath.codec.mel_codec import LOG_FLOOR, MelKMeansCodec
+from freezeempath.codec.griffin_lim import LOG_FLOOR, cross_fade
+from freezeempath.codec.kmeans_codec import MelKMeansCodec
 from freezeempath.inference.audio_io import StreamingResampler
 from freezeempath.inference.wire import reduce_fields
 
@@ -106,8 +107,7 @@ def _push_group(
     waves, tails, history, frames = waves.cpu(), tails.cpu(), history.cpu(), frames.cpu()
     keep, out = codec.decoder.receptive_field, []
     for b, state in enumerate(states):
-        wave = waves[b].clone()
-        wave[: ramp.numel()] = (1 - ramp) * state.tail + ramp * wave[: ramp.numel()]
+        wave = cross_fade(waves[b].clone(), state.tail, ramp)
         new = VocoderState(
             unit_context=history[b, max(0, history.shape[1] - keep) :].clone(),
             mel_context=frames[b, frames.shape[1] - codec.context_units :].clone(),
@@ -120,13 +120,8 @@ def _push_group(
 
 
 def synthesize_batch(codec: MelKMeansCodec, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Batched ``MelKMeansCodec.synthesize``: ``frames (B, C + W, n_mels)`` → ``(B, W · hop)``, ``(B, fade)``."""
-    power = frames.clamp(min=LOG_FLOOR).exp().transpose(1, 2)  # (B, n_mels, C + W)
-    linear = codec.mel_to_linear(power)  # (B, n_freq, C + W)
-    gl, end = codec.griffin_lim, (frames.shape[1] - 1) * codec.hop_length
-    wave = torchaudio.functional.griffinlim(
-        linear, gl.window, gl.n_fft, gl.hop_length, gl.win_length, gl.power, gl.n_iter, gl.momentum,
-        end + codec.fade_length, gl.rand_init,
-    )  # fmt: skip
-    start = (codec.context_units - 1) * codec.hop_length
-    return wave[:, start:end], wave[:, end:]
+    """Batched ``MelKMeansCodec.synthesize``: ``frames (B, C + W, n_mels)`` → ``(B, W · hop)``, ``(B, fade)``.
+
+    The codec's Griffin-Lim takes leading batch dimensions, so this is one call for the whole batch.
+    """
+    return codec.synthesize(frames)

@@ -267,7 +267,7 @@ class UnitsMaker:
     """Stage 3: ``reply_units`` = the codec's units of ``reply_audio``."""
 
     def __init__(self, cfg: Config) -> None:
-        from freezeempath.codec.mel_codec import build_codec
+        from freezeempath.codec.build import build_codec
 
         if not cfg.model.codec.path:
             logger.warning("model.codec.path is empty: units come from an untrained codec (random codebook)")
