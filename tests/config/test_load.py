@@ -73,10 +73,12 @@ def test_saved_config_reloads_identically(tmp_path):
 
 
 def test_every_shipped_yaml_loads():
+    from freezeempath.evaluation.suite import load_suite
+
     files = sorted((ROOT / "jobs" / "configs").rglob("*.yaml"))
     assert files, "jobs/configs has no YAML"
     for f in files:
-        load_config(f)
+        (load_suite if f.parent.name == "eval" else load_config)(f)  # eval/: evaluation suites
 
 
 PAPER_STAGES = {

@@ -418,3 +418,12 @@ def test_limits_body_size_and_concurrency(server, client):
 def test_server_keeps_serving_with_no_leaked_slots(server, client):
     assert client.chat.completions.create(model="freezeempath", messages=[spoken()], **AUDIO).choices
     assert httpx.get(f"{server}/healthz").json() == {"status": "ok", "active_requests": 0}
+
+
+def test_the_rubric_judge_grades_through_an_openai_compatible_endpoint(server):
+    from freezeempath.evaluation.judge import Judge, parse_scores
+    from freezeempath.evaluation.suite import JudgeConfig
+
+    judge = Judge(JudgeConfig(url=f"{server}/v1", model="freezeempath", max_new_tokens=8))
+    score = judge.score("I lost my job.", "sad", "I'm so sorry to hear that.")
+    assert isinstance(score.raw, str) and score == parse_scores(score.raw)  # the tiny app's words, parsed
