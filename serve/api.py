@@ -16,7 +16,7 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from freezeempath.inference.audio_io import INPUT_FORMATS, decode_input_audio, output_formats
+from freezeempath.inference.audio_io import INPUT_FORMATS, UnsupportedRate, decode_input_audio, output_formats
 from freezeempath.inference.dialogue import CheckedAudio, Message, check_audio
 from pydantic import BaseModel, Field
 
@@ -105,7 +105,7 @@ class ChatCompletionRequest(BaseModel):
     temperature: float | None = Field(None, ge=0, le=2)
     max_completion_tokens: int | None = Field(None, ge=1)
     max_tokens: int | None = Field(None, ge=1)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=0, le=2**63 - 1)
     n: int | None = Field(None, ge=1, le=1)
 
 
@@ -159,7 +159,9 @@ def audio_input(part: InputAudio, param: str, max_seconds: float) -> tuple[Check
         message = "input_audio.data is not valid base64"
         raise ApiError(400, message, param=f"{param}.data", code="invalid_base64") from None
     try:
-        clip = check_audio(decode_input_audio(data, part.format), max_seconds)
+        clip = check_audio(decode_input_audio(data, part.format, max_seconds), max_seconds)
+    except UnsupportedRate as err:
+        raise ApiError(400, str(err), param=f"{param}.data", code="unsupported_sample_rate") from None
     except ValueError as err:
         raise ApiError(400, str(err), param=f"{param}.data", code="invalid_audio") from None
     return clip, hashlib.sha256(data).hexdigest()

@@ -113,13 +113,28 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 
 def parse(model: type[Body], body: bytes) -> Body:
-    """Validate a JSON body; the first problem becomes a 400 naming its field."""
+    """Validate a JSON body; the most specific problem becomes a 400 naming its field and the reason."""
     try:
         return model.model_validate_json(body)
     except ValidationError as err:
-        first = err.errors()[0]
-        where = ".".join(str(x) for x in first["loc"])
-        raise ApiError(400, f"{where}: {first['msg']}" if where else first["msg"], param=where or None) from None
+        where, reasons = body_error(err.errors())
+        message = f"{where}: {reasons}" if where else reasons
+        raise ApiError(400, message, param=where or None) from None
+
+
+def body_error(errors: list[Any]) -> tuple[str, str]:
+    """Pydantic errors → the deepest field path (union member tags such as ``str`` or ``list[...]`` left out)
+    and its reasons: one per alternative of a union that failed there, joined by ", or "."""
+    located = [(tuple(str(x) for x in e["loc"] if not _union_tag(x)), e["msg"]) for e in errors]
+    deepest = max(len(loc) for loc, _ in located)
+    where = next(loc for loc, _ in located if len(loc) == deepest)
+    reasons = dict.fromkeys(msg for loc, msg in located if loc == where)
+    return ".".join(where), ", or ".join(reasons)
+
+
+def _union_tag(part: Any) -> bool:
+    """Pydantic names the union member it tried in the error path (``str``, ``list[ContentPart]``, …)."""
+    return isinstance(part, str) and (part in {"str", "int", "float", "bool", "list", "dict"} or "[" in part)
 
 
 @dataclass
@@ -208,6 +223,9 @@ class Gateway:
         """Chat completion, streamed (SSE) or whole."""
         check_api_key(request.headers.get("authorization"), self.keys)
         chat = parse(ChatCompletionRequest, await read_body(request, self.limits.max_body_bytes))
+        if chat.model != self.args.model_id:
+            message = f"The model {chat.model[:200]!r} does not exist; GET /v1/models lists {self.args.model_id!r}"
+            raise ApiError(404, message, param="model", code="model_not_found")
         if self.active >= self.limits.max_concurrent_requests:
             retry = {"Retry-After": str(self.limits.retry_after_s)}
             message = "too many concurrent requests; retry shortly"

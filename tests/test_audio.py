@@ -78,3 +78,9 @@ def test_decode_audio_reads_flac_and_rejects_garbage():
         decode_audio(b"RIFF\x00\x00not really audio")
     with pytest.raises(ValueError, match="empty"):
         decode_audio(b"")
+
+
+def test_samples_far_beyond_full_scale_are_refused_but_headroom_passes():
+    assert validate_waveform(torch.full((1600,), 1.5), 16_000, 1.0).abs().max() == pytest.approx(1.5)
+    with pytest.raises(ValueError, match=r"audio samples reach 2e\+05; float audio must lie within ±10000"):
+        validate_waveform(torch.full((1600,), 2e5), 16_000, 1.0)

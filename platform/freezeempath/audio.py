@@ -18,16 +18,20 @@ import torchaudio
 
 MIN_SAMPLE_RATE = 1_000
 MAX_SAMPLE_RATE = 384_000
+# Float audio is ±1 at full scale; a little headroom passes, values this far beyond are no audio (and
+# overflow float32 in the power spectrum).
+MAX_AMPLITUDE = 1e4
 HOP_LENGTH = 160  # 10 ms at 16 kHz: Whisper's 100 mel frames per second
 N_FFT = 400
 
 
-def decode_audio(data: bytes) -> tuple[np.ndarray, int]:
-    """Decode WAV/FLAC/OGG/MP3 bytes to ``(samples (N,) or (N, C) float32, sample_rate)``."""
+def decode_audio(data: bytes, frames: int = -1) -> tuple[np.ndarray, int]:
+    """Decode WAV/FLAC/OGG/MP3 bytes to ``(samples (N,) or (N, C) float32, sample_rate)``; at most ``frames``
+    frames when it is not negative (the rest is never decoded)."""
     if not data:
         raise ValueError("audio is empty (0 bytes)")
     try:
-        samples, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=False)
+        samples, rate = sf.read(io.BytesIO(data), frames=frames, dtype="float32", always_2d=False)
     except Exception as err:  # soundfile raises several types for undecodable input
         raise ValueError(f"audio could not be decoded (corrupt or unsupported format): {err}") from None
     return samples, int(rate)
@@ -64,6 +68,11 @@ def validate_waveform(
         raise ValueError("audio is empty (0 samples)")
     if not torch.isfinite(x).all():
         raise ValueError("audio contains NaN or infinite samples")
+    peak = float(x.abs().max())
+    if peak > MAX_AMPLITUDE:
+        raise ValueError(
+            f"audio samples reach {peak:.3g}; float audio must lie within ±{MAX_AMPLITUDE:g} (±1 is full scale)"
+        )
     seconds = x.numel() / sample_rate
     if seconds > max_seconds:
         raise ValueError(f"audio is {seconds:.2f} s long; the maximum is {max_seconds:g} s")

@@ -427,3 +427,13 @@ def test_the_rubric_judge_grades_through_an_openai_compatible_endpoint(server):
     judge = Judge(JudgeConfig(url=f"{server}/v1", model="freezeempath", max_new_tokens=8))
     score = judge.score("I lost my job.", "sad", "I'm so sorry to hear that.")
     assert isinstance(score.raw, str) and score == parse_scores(score.raw)  # the tiny app's words, parsed
+
+
+def test_an_unknown_model_is_a_404_model_not_found_and_a_vanishing_temperature_is_served(client):
+    with pytest.raises(openai.NotFoundError) as err:
+        client.chat.completions.create(model="gpt-nothing", messages=[{"role": "user", "content": "hi"}])
+    assert err.value.body["code"] == "model_not_found" and err.value.body["param"] == "model"
+    reply = client.chat.completions.create(
+        model="freezeempath", messages=[{"role": "user", "content": "hi"}], temperature=1e-38, max_completion_tokens=4
+    )
+    assert reply.choices[0].finish_reason in ("stop", "length")

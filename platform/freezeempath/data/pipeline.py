@@ -162,6 +162,7 @@ _REASONS = (
     ("empty", "empty"),
     ("could not be decoded", "undecodable"),
     ("NaN", "non_finite"),
+    ("samples reach", "too_loud"),
     ("wrong sample rate", "wrong_rate"),
     ("outside the accepted range", "bad_rate"),
     ("long", "too_long"),

@@ -30,6 +30,10 @@ _ENCODED: dict[str, tuple[str, str]] = {
     "mp3": ("MP3", "MPEG_LAYER_III"),
     "opus": ("OGG", "OPUS"),
 }
+# Input rates the API takes, decided from the header: each is a small ratio to 16 kHz, so resampling
+# builds a small kernel (a rate sharing no factor with 16 kHz would build one as large as the two rates).
+ACCEPTED_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000, 88200, 96000)
+MAX_CHANNELS = 8
 # torchaudio.functional.resample defaults, mirrored to size the streaming context
 _LOWPASS_WIDTH = 6
 _ROLLOFF = 0.99
@@ -41,12 +45,19 @@ def output_formats() -> tuple[str, ...]:
     return (*names, "pcm16")
 
 
-def decode_input_audio(data: bytes, declared: str) -> AudioInput:
-    """Decode file bytes whose container must match ``declared`` (``wav``, ``mp3`` or ``flac``).
+class UnsupportedRate(ValueError):
+    """A clip's sample rate is not one of :data:`ACCEPTED_RATES`."""
+
+
+def decode_input_audio(data: bytes, declared: str, max_seconds: float = math.inf) -> AudioInput:
+    """Decode file bytes whose container must match ``declared`` (``wav``, ``mp3`` or ``flac``), at a cost
+    bounded by ``max_seconds``: rate, channels and length are checked from the header first, and at most
+    ``max_seconds`` of audio is ever decoded (a header that understates the length is caught while reading).
 
     Raises:
-        ValueError: unsupported format, empty or undecodable bytes, or a container that differs from
-            the declared one; the message names the problem.
+        UnsupportedRate: a rate outside :data:`ACCEPTED_RATES`.
+        ValueError: unsupported format, empty or undecodable bytes, a container that differs from the
+            declared one, too many channels, or audio longer than ``max_seconds``; the message names it.
     """
     if declared not in INPUT_FORMATS:
         raise ValueError(f"unsupported input audio format {declared!r}; supported: {', '.join(INPUT_FORMATS)}")
@@ -58,7 +69,18 @@ def decode_input_audio(data: bytes, declared: str) -> AudioInput:
         raise ValueError(f"audio could not be decoded: the data is not a {declared} file") from None
     if container != INPUT_FORMATS[declared]:
         raise ValueError(f"audio is declared as {declared} but the data is {container.lower()}")
-    samples, rate = decode_audio(data)
+    info = sf.info(io.BytesIO(data))
+    if info.samplerate not in ACCEPTED_RATES:
+        accepted = ", ".join(map(str, ACCEPTED_RATES))
+        raise UnsupportedRate(f"sample rate {info.samplerate} Hz is not supported; send one of {accepted} Hz")
+    if info.channels > MAX_CHANNELS:
+        raise ValueError(f"audio has {info.channels} channels; at most {MAX_CHANNELS} are accepted")
+    limit = math.floor(max_seconds * info.samplerate) if math.isfinite(max_seconds) else -1
+    if limit >= 0 and info.frames > limit:
+        raise ValueError(f"audio is {info.frames / info.samplerate:.2f} s long; the maximum is {max_seconds:g} s")
+    samples, rate = decode_audio(data, frames=limit + 1 if limit >= 0 else -1)
+    if limit >= 0 and samples.shape[0] > limit:
+        raise ValueError(f"audio is longer than its header says and than the maximum of {max_seconds:g} s")
     return AudioInput(samples=samples, sample_rate=rate)
 
 

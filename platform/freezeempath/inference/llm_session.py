@@ -268,7 +268,9 @@ class LLMSession:
     def _sample(self, logits: torch.Tensor, s: _Stream) -> int:
         if s.request.temperature <= 0:
             return int(logits.argmax())
-        probs = torch.softmax(logits.float() / s.request.temperature, dim=-1)
+        scaled = logits.float()
+        # subtract the top logit first: with a vanishing temperature the others go to -inf, never inf - inf
+        probs = torch.softmax((scaled - scaled.max()) / s.request.temperature, dim=-1)
         if self.top_p < 1.0:
             probs = top_p_filter(probs, self.top_p)
         return int(torch.multinomial(probs, 1, generator=s.generator))
