@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import yaml
 from freezeempath.config import Config, ConfigError, from_dict, load_config, save_config, to_dict
@@ -100,3 +102,12 @@ def test_paper_stage_configs_carry_the_published_settings(name):
     assert t.zero_stage == 3 and t.offload_param and t.precision == "bf16"
     if stage == "s2a":
         assert cfg.model.emotion.aux_weight == 0.8
+
+
+def test_stage_configs_read_only_training_splits():
+    # a folder or an unqualified glob would also read the validation and test speakers an evaluation holds out
+    for path in sorted((ROOT / "jobs" / "configs" / "train").rglob("*.yaml")):
+        cfg = load_config(path)
+        for spec in cfg.data.train_shards:
+            assert Path(spec).name.startswith("train-") and spec.endswith(".parquet"), f"{path.name}: {spec}"
+        assert not any("test-" in spec for spec in cfg.data.eval_shards), f"{path.name} evaluates on a test split"
