@@ -184,6 +184,9 @@ class Limits(_Strict):
     max_audio_seconds: float = Field(30.0, gt=0)  # also capped by the encoder window
     max_messages: int = Field(64, ge=1)
     max_completion_tokens: int = Field(256, ge=1)
+    # prompt positions (text tokens and speech rows) one request may have the LLM prefill: a prefill runs
+    # as one forward pass that the replies batched beside it wait for
+    max_prompt_tokens: int = Field(2048, ge=16)
     max_concurrent_requests: int = Field(32, ge=1)  # past it: 429 with Retry-After
     retry_after_s: int = Field(1, ge=0)
     audio_ttl_s: int = Field(3600, ge=1)  # assistant audio ids resolvable this long

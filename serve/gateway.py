@@ -257,6 +257,7 @@ class Gateway:
             seed=self.seed if chat.seed is None else chat.seed,
             speech_output=plan.audio_out,
             system_prompt=plan.system_prompt,
+            max_prompt_tokens=self.limits.max_prompt_tokens,
         )
         stream = self.decoder.stream.remote(request, alone=self._alone())
         first = await stream.__anext__()  # a ValueError here is answered 400 by the app's handler

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import re
+
 import pytest
 import torch
 from freezeempath.inference.llm_session import LLMSession
@@ -85,3 +88,14 @@ def test_llm_session_a_request_that_cannot_join_leaves_the_running_streams_as_th
     assert [g.token_ids for g in got] == [g.token_ids for g in alone]
     for mine, theirs in zip(got, alone, strict=True):  # the same context: no position fed twice
         torch.testing.assert_close(mine.hidden, theirs.hidden)
+
+
+def test_a_prompt_over_its_limit_fails_alone_before_any_prefill(tiny_parts):
+    _, model = tiny_parts
+    llm, stop = model.llm, model.stop_ids
+    capped = dataclasses.replace(text_request("x" * 40, 5), max_prompt_tokens=32)
+    session = LLMSession(llm, stop, [text_request("hello", 5, seed=3), capped], read=3)
+    first = session.step()
+    assert first is not None and first[1] is not None and first[0] is None
+    assert re.fullmatch(r"prompt is \d+ positions \(tokens and speech rows\); the limit is 32", first[1].error or "")
+    assert _run(session)[0] == _run(LLMSession(llm, stop, [text_request("hello", 5, seed=3)], read=3))[0]

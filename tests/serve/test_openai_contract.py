@@ -383,6 +383,7 @@ BAD = [
     ({"stream": True}, "must use format pcm16"),
     ({"audio": None}, "audio (voice and format) is required"),
     ({"max_completion_tokens": 500}, "exceeds the limit"),
+    ({"messages": [{"role": "user", "content": "x" * 3000}]}, "prompt is 3"),  # byte-level: 1 token per byte
     ({"n": 2}, "n:"),
     ({"temperature": 9}, "temperature"),
 ]

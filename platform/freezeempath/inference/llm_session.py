@@ -37,6 +37,7 @@ class GenerationRequest:
         emotion: per clip, E ``(1, D_llm)``.
         max_new_tokens: reply token budget. temperature: 0 = greedy. seed: the stream's sampler seed.
         speech_output: whether the speech decoder turns this reply into units.
+        max_prompt_tokens: at most this many prompt positions (tokens and speech rows); 0: the LLM's window.
     """
 
     turns: tuple[Turn, ...]
@@ -46,6 +47,7 @@ class GenerationRequest:
     temperature: float = 0.7
     seed: int = 0
     speech_output: bool = True
+    max_prompt_tokens: int = 0
 
     __reduce__ = reduce_fields  # its tensors cross processes as arrays
 
@@ -163,7 +165,10 @@ class LLMSession:
         limit = int(self.llm.model.config.max_position_embeddings)
         generator = torch.Generator(device=self.device).manual_seed(request.seed)
         stream = _Stream(request, generator, n)
-        if n + request.max_new_tokens > limit:
+        if request.max_prompt_tokens and n > request.max_prompt_tokens:
+            stream.error = f"prompt is {n} positions (tokens and speech rows); the limit is {request.max_prompt_tokens}"
+            stream.done = True
+        elif n + request.max_new_tokens > limit:
             stream.error = f"prompt ({n} positions) + max tokens ({request.max_new_tokens}) exceed the LLM's {limit}"
             stream.done = True
         return stream

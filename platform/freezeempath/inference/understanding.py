@@ -71,6 +71,7 @@ def generation_request(
     seed: int,
     speech_output: bool = True,
     system_prompt: str | None = None,
+    max_prompt_tokens: int = 0,
 ) -> GenerationRequest:
     """A dialogue's turns and its clips' features (in slot order) → a :class:`GenerationRequest`."""
     if len(features) != len(prepared.clips):
@@ -86,4 +87,5 @@ def generation_request(
         temperature=temperature,
         seed=seed,
         speech_output=speech_output,
+        max_prompt_tokens=max_prompt_tokens,
     )
