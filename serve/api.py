@@ -45,6 +45,31 @@ class ApiError(Exception):
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
 
+class StageFailure(RuntimeError):
+    """A pipeline stage failed a reply that had begun (the decoder's error chunk, its text kept for the log)."""
+
+
+def server_failure(err: BaseException, retry_after_s: int = 1) -> ApiError:
+    """What a client is told when serving failed, never the internal text: a lost or unavailable replica
+    (also one a downstream stage hit: a replica's error arrives wrapped, with the original as ``cause``) is
+    a 503 to retry after ``retry_after_s``; anything else a 500 naming only the error's type."""
+    from ray.exceptions import RayActorError
+    from ray.serve.exceptions import DeploymentUnavailableError, ReplicaUnavailableError
+
+    lost = (RayActorError, ReplicaUnavailableError, DeploymentUnavailableError)
+    cause = getattr(err, "cause", None) or err
+    retry = {"Retry-After": str(retry_after_s)}
+    if isinstance(err, lost) or isinstance(cause, lost):
+        message = "a model replica is unavailable; retry shortly"
+        return ApiError(503, message, type="server_error", code="replica_unavailable", headers=retry)
+    if isinstance(err, StageFailure):
+        return ApiError(
+            503, "a pipeline stage failed the reply; retry", type="server_error", code="stage_failed", headers=retry
+        )
+    message = f"internal error: {type(cause).__name__}"
+    return ApiError(500, message, type="server_error", code="internal_error", headers={"x-should-retry": "false"})
+
+
 class InputAudio(BaseModel):
     """``input_audio``: base64 file bytes and their declared format."""
 

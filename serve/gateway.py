@@ -8,10 +8,12 @@ pcm16 chunks as they are vocoded); ``POST /v1/audio/emotion`` (extension: ``{"in
 ``x_emotion`` (non-streaming body; first chunk when streaming) and timings in ``x_timing``.
 
 Errors are ``{"error": {"message", "type", "param", "code"}}``: bad input 400 (library ``ValueError`` too),
-bad key 401, body too large 413, over ``max_concurrent_requests`` 429 + ``Retry-After``, a full inner
-queue (``max_queued_requests`` of a deployment) 503 + ``Retry-After``, unknown route 404, anything else
-(a stage that fails before the first chunk too, its message kept) 500 with ``x-should-retry: false``; a
-failure after streaming began is sent as ``data: {"error": …}``.
+bad key 401, unknown model 404 ``model_not_found``, body too large 413, over ``max_concurrent_requests``
+429 + ``Retry-After``; 503 + ``Retry-After`` for a full inner queue (``max_queued_requests`` of a
+deployment), a lost or unavailable replica (``replica_unavailable``) and a stage that fails before the
+first chunk (``stage_failed``); anything else 500 ``internal_error`` naming only the error's type, with
+``x-should-retry: false``. A failure after streaming began is sent as ``data: {"error": …}`` with the
+same codes. Internal text goes to the log, never to the client.
 Each reply logs its time to first audio and total time (logger ``ray.serve``)::
 
     serve run serve/configs/local.yaml
@@ -45,7 +47,17 @@ from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException
 
-from serve.api import ApiError, ChatCompletionRequest, ChatPlan, EmotionRequest, StoredAudio, audio_input, chat_plan
+from serve.api import (
+    ApiError,
+    ChatCompletionRequest,
+    ChatPlan,
+    EmotionRequest,
+    StageFailure,
+    StoredAudio,
+    audio_input,
+    chat_plan,
+    server_failure,
+)
 from serve.args import ServeArgs
 from serve.deployments.replica import set_cpu_priority
 from serve.stores import AudioStore, ClipCache
@@ -79,8 +91,9 @@ async def _overloaded(_: Request, err: BackPressureError) -> JSONResponse:
 
 @app.exception_handler(Exception)
 async def _server_error(_: Request, err: Exception) -> JSONResponse:
-    body = ApiError(500, f"internal error: {type(err).__name__}", type="server_error").body()
-    return JSONResponse(body, status_code=500, headers={"x-should-retry": "false"})
+    log.error("request failed: %r", err)
+    answer = server_failure(err)
+    return JSONResponse(answer.body(), status_code=answer.status, headers=answer.headers)
 
 
 def check_api_key(authorization: str | None, keys: frozenset[str]) -> None:
@@ -262,7 +275,10 @@ class Gateway:
         stream = self.decoder.stream.remote(request, alone=self._alone())
         first = await stream.__anext__()  # a ValueError here is answered 400 by the app's handler
         if first.error is not None and first.server_fault:  # a stage failed: the request was fine
-            raise ApiError(500, first.error, type="server_error", headers={"x-should-retry": "false"})
+            log.error("a stage failed before the reply began: %s", first.error)
+            retry = {"Retry-After": str(self.limits.retry_after_s)}
+            message = "a pipeline stage failed before the reply began; retry shortly"
+            raise ApiError(503, message, type="server_error", code="stage_failed", headers=retry)
         if first.error is not None:
             raise ApiError(400, first.error, param="messages")
         emotion = features[-1].emotion_result if plan.messages[-1].audio is not None else None
@@ -287,7 +303,7 @@ class Gateway:
         chunk = reply.first
         while True:
             if chunk.error is not None:
-                raise RuntimeError(chunk.error)
+                raise StageFailure(chunk.error)
             final, audio = chunk.finish_reason is not None, chunk.audio if reply.plan.audio_out else None
             if audio is not None and audio.numel() and reply.first_audio is None:
                 reply.first_audio = time.perf_counter() - reply.started
@@ -357,7 +373,7 @@ class Gateway:
             self._log(reply, stream=True)
         except Exception as err:  # after the 200 began: report in-band, as the SDK expects
             log.exception("chat %s failed mid-stream", reply.id)
-            yield _data({"error": {"message": str(err), "type": "server_error", "param": None, "code": None}})
+            yield _data(server_failure(err, self.limits.retry_after_s).body())
         finally:
             self.active -= 1
             if not reply.finished:  # client gone or failure: stop this stream's generator chain

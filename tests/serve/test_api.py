@@ -92,3 +92,31 @@ def test_audio_input_checks_the_clip_once_and_names_the_part_it_refuses():
         with pytest.raises(ApiError, match=message) as err:
             audio_input(InputAudio(data=data, format=fmt), "p", max_seconds=1.0)
         assert (err.value.status, err.value.param, err.value.code) == (400, param, code)
+
+
+def test_server_failures_tell_the_client_what_to_do_and_no_internal_text():
+    from ray.exceptions import ActorDiedError
+    from ray.serve.exceptions import ReplicaUnavailableError
+
+    from serve.api import StageFailure, server_failure
+
+    class Wrapped(Exception):  # how a replica's error arrives: the original as ``cause``
+        def __init__(self, cause: BaseException) -> None:
+            super().__init__("Traceback (most recent call last): ... ray internals ...")
+            self.cause = cause
+
+    for err in (ActorDiedError(), Wrapped(ActorDiedError()), ReplicaUnavailableError("replica xyz gone")):
+        answer = server_failure(err, retry_after_s=3)
+        assert (answer.status, answer.code, answer.headers) == (503, "replica_unavailable", {"Retry-After": "3"})
+        assert answer.message == "a model replica is unavailable; retry shortly"
+    stage = server_failure(StageFailure("the LLM stream failed: RayTaskError(...)"))
+    assert (stage.status, stage.code, stage.headers["Retry-After"]) == (503, "stage_failed", "1")
+    assert "RayTaskError" not in stage.message
+    bug = server_failure(Wrapped(KeyError("secret internal detail")))
+    assert (bug.status, bug.code, bug.message) == (500, "internal_error", "internal error: KeyError")
+    assert bug.headers == {"x-should-retry": "false"} and set(bug.body()["error"]) == {
+        "message",
+        "type",
+        "param",
+        "code",
+    }
