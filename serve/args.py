@@ -204,7 +204,9 @@ class ServeArgs(_Strict):
     limits: Limits = Limits()
     batching: bool = True  # master switch: False serves every batched method with batch size 1
     api_keys: list[str] = []  # with FREEZEEMPATH_API_KEYS (comma-separated); none at all = open
-    voices: list[str] = list(OPENAI_VOICES)
+    # names ``audio.voice`` accepts; the model speaks in one voice, the codec's, whichever is named (GET
+    # /v1/models says so in ``x_audio``), so clients that always send an OpenAI voice name keep working
+    voices: list[str] = ["default", *OPENAI_VOICES]
     output_sample_rate: int = Field(24_000, ge=8_000)
     # True: calls between deployments go over each replica's gRPC server (the handle option
     # ``_by_reference=False``) and replicas run LOW_LATENCY_ENV; False: Serve's defaults (Ray actor calls).

@@ -63,6 +63,7 @@ from serve.deployments.replica import set_cpu_priority
 from serve.stores import AudioStore, ClipCache
 
 log = logging.getLogger("ray.serve")
+SPEAKS_IN = "one voice, the codec's: every accepted voice name speaks in it"
 app = FastAPI(title="FreezeEmpath", docs_url=None, redoc_url=None)
 Body = TypeVar("Body", bound=BaseModel)
 
@@ -216,6 +217,7 @@ class Gateway:
         """The one public model id."""
         check_api_key(request.headers.get("authorization"), self.keys)
         entry = {"id": self.args.model_id, "object": "model", "created": 0, "owned_by": "freezeempath"}
+        entry["x_audio"] = {"voices": self.args.voices, "speaks_in": SPEAKS_IN}
         return {"object": "list", "data": [entry]}
 
     @app.post("/v1/audio/emotion")

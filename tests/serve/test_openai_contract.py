@@ -79,7 +79,9 @@ AUDIO = {"modalities": ["text", "audio"], "audio": {"voice": "alloy", "format": 
 
 
 def test_models_list(client):
-    assert [m.id for m in client.models.list()] == ["freezeempath"]
+    (model,) = client.models.list()
+    assert model.id == "freezeempath" and {"default", "alloy"} <= set(model.x_audio["voices"])
+    assert "one voice" in model.x_audio["speaks_in"]  # the API says plainly which voice it speaks in
 
 
 def test_chat_with_input_audio_returns_audio_transcript_and_emotion(client):
