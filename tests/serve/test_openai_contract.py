@@ -440,3 +440,12 @@ def test_an_unknown_model_is_a_404_model_not_found_and_a_vanishing_temperature_i
         model="freezeempath", messages=[{"role": "user", "content": "hi"}], temperature=1e-38, max_completion_tokens=4
     )
     assert reply.choices[0].finish_reason in ("stop", "length")
+
+
+def test_a_seeded_fuzz_slice_gets_no_5xx_and_never_hangs(server):
+    from jobs.bench.fuzz_inputs import fuzz
+
+    report = fuzz(server, examples=150, seed=1, seconds=240, timeout_s=60)
+    assert report.inputs == 150 and sum(report.by_status.values()) == 150
+    assert report.server_errors == 0 and report.hangs == 0, report.summary()["examples_5xx"]
+    assert report.by_status[400] > 50 and report.healthz_ms  # mostly hostile input, all answered
