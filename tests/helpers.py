@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -206,3 +207,23 @@ def codec_clip(seed: int, seconds: float = 1.0) -> torch.Tensor:
 def mel_distance(codec: Any, a: torch.Tensor, b: torch.Tensor) -> float:
     """Mean log-mel L1 between two waveforms of equal length."""
     return (codec.log_mel(a) - codec.log_mel(b)).abs().mean().item()
+
+
+def serve_on_loopback(port: int) -> Iterator[Any]:
+    """Ray Serve with its HTTP proxy on 127.0.0.1:``port`` for a test module (a local Ray cluster when none
+    is running, shut down after); yields the ``ray.serve`` module. Wrap with ``pytest.fixture``."""
+    import os
+
+    import ray
+    from ray import serve
+
+    os.environ.pop("FREEZEEMPATH_API_KEYS", None)
+    owns_ray = not ray.is_initialized()
+    if owns_ray:
+        env = {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
+        ray.init(address="local", num_cpus=2, include_dashboard=False, runtime_env={"env_vars": env})
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    yield serve
+    serve.shutdown()
+    if owns_ray:
+        ray.shutdown()

@@ -123,3 +123,21 @@ def test_round_trip_wer_of_an_identity_codec_matches_the_original() -> None:
     report = asr.round_trip_wer(Identity(), list(clips["bundled_question"].waves), clips["bundled_question"].references)
     assert report.clips == 1 and report.wer_original == report.wer_round_trip <= 0.2 and report.degradation == 0
     assert report.to_dict()["degradation_points"] == 0
+
+
+@pytest.mark.demo
+@needs_whisper
+def test_a_hugging_face_whisper_directory_transcribes_like_the_ctranslate2_file(tmp_path) -> None:
+    import shutil
+
+    from freezeempath.assets import bundled_question
+    from freezeempath.model import weights
+
+    ct2 = asr.default_asr()
+    folder = tmp_path / "whisper-tiny.en"
+    ct2.model.save_pretrained(folder)
+    shutil.copy(weights.resolve_asset(asr.DEFAULT_MODEL).parent / "tokenizer.json", folder / "tokenizer.json")
+    (folder / "generation_config.json").unlink()  # a directory without one gets our English greedy decoding
+    question = bundled_question()
+    (text,) = asr.load_whisper(str(folder)).transcribe([question.samples])
+    assert text == ct2.transcribe([question.samples])[0] and asr.wer(question.transcript, text) <= 0.2

@@ -4,7 +4,6 @@ what the app runs, and a bundle trained against other frozen weights never comes
 from __future__ import annotations
 
 import json
-import os
 import re
 
 import openai
@@ -14,7 +13,7 @@ import yaml
 from freezeempath.bundle import StepRecord, build_bundle_model, write_bundle
 from freezeempath.inference.understanding import understand_clips
 from freezeempath.model.spoken_chat import SpeechUnderstander
-from helpers import ROOT, speech_like, wav_b64
+from helpers import ROOT, serve_on_loopback, speech_like, wav_b64
 
 pytestmark = pytest.mark.ray
 
@@ -50,19 +49,7 @@ def bundle(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def serve_session():
-    import ray
-    from ray import serve
-
-    os.environ.pop("FREEZEEMPATH_API_KEYS", None)
-    owns_ray = not ray.is_initialized()
-    if owns_ray:
-        env = {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
-        ray.init(address="local", num_cpus=2, include_dashboard=False, runtime_env={"env_vars": env})
-    serve.start(http_options={"host": "127.0.0.1", "port": PORT})
-    yield serve
-    serve.shutdown()
-    if owns_ray:
-        ray.shutdown()
+    yield from serve_on_loopback(PORT)
 
 
 def test_the_app_serves_the_bundles_trained_parts(serve_session, bundle):

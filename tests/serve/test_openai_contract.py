@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,7 +20,7 @@ import pytest
 import soundfile as sf
 import yaml
 from freezeempath.labels import LABEL_WORDS
-from helpers import ROOT, unslotted_request, wav_b64
+from helpers import ROOT, serve_on_loopback, unslotted_request, wav_b64
 
 pytestmark = pytest.mark.ray
 
@@ -47,22 +46,11 @@ def tiny_args():
 
 @pytest.fixture(scope="module")
 def server():
-    import ray
-    from ray import serve
-
     from serve.app import build_app
 
-    os.environ.pop("FREEZEEMPATH_API_KEYS", None)
-    owns_ray = not ray.is_initialized()
-    if owns_ray:
-        env = {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
-        ray.init(address="local", num_cpus=2, include_dashboard=False, runtime_env={"env_vars": env})
-    serve.start(http_options={"host": "127.0.0.1", "port": 8765})
-    serve.run(build_app(tiny_args()), name="freezeempath", route_prefix="/")
-    yield URL
-    serve.shutdown()
-    if owns_ray:
-        ray.shutdown()
+    for serve in serve_on_loopback(8765):
+        serve.run(build_app(tiny_args()), name="freezeempath", route_prefix="/")
+        yield URL
 
 
 @pytest.fixture(scope="module")

