@@ -2,5 +2,5 @@
 
 Run from the repository root::
 
-    serve run serve/configs/local.yaml
+    serve run --address local serve/configs/local.yaml
 """

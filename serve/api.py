@@ -5,7 +5,7 @@ In: request JSON bodies (``docs/api-shapes.md`` §1–§3), validated as Pydanti
 list with checked clips, system prompt, output settings) or raises :class:`ApiError` (an OpenAI-style
 error with status, message, type, param and code); :func:`audio_input` decodes and checks one clip::
 
-    serve run serve/configs/local.yaml       # the gateway (serve/gateway.py) answers with these
+    serve run --address local serve/configs/local.yaml       # the gateway (serve/gateway.py) answers with these
 """
 
 from __future__ import annotations

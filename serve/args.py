@@ -5,7 +5,7 @@ the model to serve (:class:`ModelArgs`), each deployment's replicas, resources, 
 (:class:`Deployments`), the gateway's request limits (:class:`Limits`), and the environment every replica
 gets (:data:`LOW_LATENCY_ENV`, :data:`CPU_PRIORITY_ENV`)::
 
-    serve run serve/configs/local.yaml       # args validated here by serve.app:build_app
+    serve run --address local serve/configs/local.yaml       # args validated here by serve.app:build_app
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ first chunk (``stage_failed``); anything else 500 ``internal_error`` naming only
 same codes. Internal text goes to the log, never to the client.
 Each reply logs its time to first audio and total time (logger ``ray.serve``)::
 
-    serve run serve/configs/local.yaml
+    serve run --address local serve/configs/local.yaml
     curl -s 127.0.0.1:8765/v1/models -H "Authorization: Bearer $KEY"
 """
 

@@ -5,7 +5,7 @@ bytes). Out: the stored item until it expires or is pushed out, so a later reque
 reply's audio by id and re-sent history skips the understanding call. Both live in one gateway replica
 (``serve/configs/*.yaml`` keep one)::
 
-    serve run serve/configs/local.yaml
+    serve run --address local serve/configs/local.yaml
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ the session its calls share), ``speech_decoding`` (:class:`SpeechDecoding` and i
 ``round_vocoder`` (a decoder batch's vocoder calls), ``vocoder`` (:class:`Vocoder`); ``replica`` holds
 the setup every replica shares and ``outbox`` the queues between a batch and its callers. Run with::
 
-    serve run serve/configs/local.yaml
+    serve run --address local serve/configs/local.yaml
 """
 
 from serve.deployments.llm import LLM

@@ -6,7 +6,7 @@ request. Calls with one key share one :class:`~freezeempath.inference.llm_sessio
 (:class:`LLMBatch`): a later call's requests join it between steps, and each call gets only its own
 requests' groups::
 
-    serve run serve/configs/local.yaml
+    serve run --address local serve/configs/local.yaml
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ batches (a batched decoder, each reply a cache row) that take queued replies at 
 read them from LLM calls sharing one LLM session (:mod:`serve.deployments.llm`) and vocode each round
 in one vocoder call (:mod:`serve.deployments.round_vocoder`)::
 
-    serve run serve/configs/local.yaml
+    serve run --address local serve/configs/local.yaml
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ In: a mono 16 kHz clip ``(N,)`` from the gateway (checked there). Out:
 :class:`~freezeempath.inference.understanding.ClipFeatures` (S rows, E, emotion), clips of concurrent
 requests batched with ``@serve.batch``::
 
-    serve run serve/configs/local.yaml
+    serve run --address local serve/configs/local.yaml
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ In: one :class:`~freezeempath.inference.vocode.VocodeRequest` per stream of a de
 the stream's vocoder state). Out: a :class:`~freezeempath.inference.vocode.VocodeResult` each (audio at
 the output rate and the next state); requests of concurrent rounds batch with ``@serve.batch``::
 
-    serve run serve/configs/local.yaml
+    serve run --address local serve/configs/local.yaml
 """
 
 from __future__ import annotations
