@@ -63,8 +63,7 @@ def test_the_app_serves_the_bundles_trained_parts(serve_session, bundle):
     }
     reply = client.chat.completions.create(model="freezeempath", messages=[message])
     _, model = build_bundle_model(bundle)
-    m = model.eval()
-    understander = SpeechUnderstander(m.frontend, m.encoder, m.adapter, m.emotion, m.aux_head)
+    understander = SpeechUnderstander.of(model.eval())
     expected = understand_clips(understander, [speech_like(1.2)])[0].emotion_result.scores
     assert reply.x_emotion["scores"] == pytest.approx(expected, abs=1e-5)
     serve_session.delete("bundle")

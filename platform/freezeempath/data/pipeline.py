@@ -91,6 +91,17 @@ def skip_counter(name: str) -> Any:
     return ray.remote(num_cpus=0)(SkipCounter).options(name=name, get_if_exists=True).remote()
 
 
+def row_clip(data: Any, declared_rate: Any, max_seconds: float) -> Any:
+    """A shard row's ``audio`` bytes and ``sample_rate`` → mono float32 ``(N,)`` at 16 kHz; ``ValueError``
+    names the problem (also a file whose rate is not the row's)."""
+    from freezeempath.audio import decode_audio, validate_waveform
+
+    samples, rate = decode_audio(bytes(data) if data is not None else b"")
+    if int(declared_rate) != rate:
+        raise ValueError(f"wrong sample rate: row says {int(declared_rate)} Hz, audio is {rate} Hz")
+    return validate_waveform(samples, rate, max_seconds)
+
+
 class AudioFeatures:
     """Ray Data UDF: decode, validate, resample and log-mel each row; drops bad rows with a reason."""
 
@@ -122,12 +133,7 @@ class AudioFeatures:
         return sort_by_length(out)
 
     def _clip(self, data: Any, declared_rate: Any) -> Any:
-        from freezeempath.audio import decode_audio, validate_waveform
-
-        samples, rate = decode_audio(bytes(data) if data is not None else b"")
-        if int(declared_rate) != rate:
-            raise ValueError(f"wrong sample rate: row says {int(declared_rate)} Hz, audio is {rate} Hz")
-        return validate_waveform(samples, rate, self.max_seconds)
+        return row_clip(data, declared_rate, self.max_seconds)
 
     def _features(self, clips: list[Any], prefix: str) -> dict[str, list[Any]]:
         if not clips:

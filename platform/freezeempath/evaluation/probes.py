@@ -19,8 +19,8 @@ from typing import Any
 import torch
 
 from freezeempath import prompts
-from freezeempath.audio import decode_audio, validate_waveform
 from freezeempath.chat_template import Turn
+from freezeempath.data.pipeline import row_clip
 from freezeempath.evaluation.classification import UNREAD
 from freezeempath.evaluation.ser import label_word_scores, read_label_word
 from freezeempath.inference.generate import text_replies
@@ -39,10 +39,7 @@ def decode_clips(batch: dict[str, Any], max_seconds: float) -> tuple[list[torch.
     errors: list[str | None] = []
     for data, rate in zip(batch["audio"], batch["sample_rate"], strict=True):
         try:
-            samples, decoded_rate = decode_audio(bytes(data) if data is not None else b"")
-            if int(rate) != decoded_rate:
-                raise ValueError(f"sample_rate column says {int(rate)} Hz, the audio is {decoded_rate} Hz")
-            clips.append(validate_waveform(samples, decoded_rate, max_seconds, RATE))
+            clips.append(row_clip(data, rate, max_seconds))
             errors.append(None)
         except ValueError as err:
             clips.append(None)
@@ -70,8 +67,7 @@ class Prober:
 
     def __init__(self, model: FreezeEmpathModel, max_input_seconds: float, max_new_tokens: int) -> None:
         self.model = model.eval()
-        m = model
-        self.understander = SpeechUnderstander(m.frontend, m.encoder, m.adapter, m.emotion, m.aux_head)
+        self.understander = SpeechUnderstander.of(model)
         self.max_input_seconds, self.max_new_tokens = max_input_seconds, max_new_tokens
         self.probes: dict[str, Callable[[list[torch.Tensor], dict[str, list[Any]]], dict[str, list[Any]]]] = {
             "asr": self._asr,

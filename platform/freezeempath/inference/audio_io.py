@@ -64,12 +64,11 @@ def decode_input_audio(data: bytes, declared: str, max_seconds: float = math.inf
     if not data:
         raise ValueError("audio is empty (0 bytes)")
     try:
-        container = sf.info(io.BytesIO(data)).format
+        info = sf.info(io.BytesIO(data))
     except Exception:  # soundfile raises several types for undecodable input
         raise ValueError(f"audio could not be decoded: the data is not a {declared} file") from None
-    if container != INPUT_FORMATS[declared]:
-        raise ValueError(f"audio is declared as {declared} but the data is {container.lower()}")
-    info = sf.info(io.BytesIO(data))
+    if info.format != INPUT_FORMATS[declared]:
+        raise ValueError(f"audio is declared as {declared} but the data is {info.format.lower()}")
     if info.samplerate not in ACCEPTED_RATES:
         accepted = ", ".join(map(str, ACCEPTED_RATES))
         raise UnsupportedRate(f"sample rate {info.samplerate} Hz is not supported; send one of {accepted} Hz")

@@ -88,8 +88,8 @@ class Responder:
         max_units: int,
     ) -> None:
         self.model = model.eval()
-        m = model  # the speech side as a view (shared modules) that casts between frozen and trained dtypes
-        self.understander = SpeechUnderstander(m.frontend, m.encoder, m.adapter, m.emotion, m.aux_head)
+        # the speech side as a view (shared modules) that casts between frozen and trained dtypes
+        self.understander = SpeechUnderstander.of(model)
         self.codec = codec
         self.cfg = generation
         self.max_input_seconds = max_input_seconds

@@ -165,6 +165,11 @@ class SpeechUnderstander(nn.Module):
         # threads encoding at once would mix their layer stacks: one encoder pass at a time.
         self._encoder_lock = threading.Lock()
 
+    @classmethod
+    def of(cls, model: FreezeEmpathModel) -> SpeechUnderstander:
+        """The speech side of a whole model, as a view: the same modules, shared, not copied."""
+        return cls(model.frontend, model.encoder, model.adapter, model.emotion, model.aux_head)
+
     @torch.no_grad()
     def understand(self, mel: torch.Tensor, mel_lens: torch.Tensor) -> Understanding:
         """``mel (C, n_mels, F)``, ``mel_lens (C,)`` → S, its lengths, E and aux logits per clip.

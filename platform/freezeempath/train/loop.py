@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from freezeempath.config import Config, from_dict
-from freezeempath.stages import Stage
+from freezeempath.stages import ALWAYS_FROZEN, Stage
 
 log = logging.getLogger(__name__)
 CHECKPOINT_TAG = "state"  # DeepSpeed also writes a file named "latest" beside the tag folder
@@ -137,21 +137,21 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     export(engine, model, stage, cfg, {"before": frozen_before, "after": frozen_digest(model, cfg)})
 
 
-def frozen_digest(model: Any, cfg: Config) -> str:
-    """sha256 over the encoder's and LLM's weights (gathered under ZeRO-3): proof that they never moved."""
-    import hashlib
-
+def frozen_digest(model: Any, cfg: Config) -> dict[str, str]:
+    """sha256 of the encoder's and of the LLM's weights (gathered under ZeRO-3), as a bundle's manifest
+    records them (:func:`freezeempath.bundle.module_sha256`): proof that they never moved."""
     import deepspeed
 
-    digest = hashlib.sha256()
-    for part in ("encoder", "llm"):
+    from freezeempath.bundle import module_sha256
+
+    hashes = {}
+    for part in ALWAYS_FROZEN:
         module = getattr(model, part)
-        params = list(module.parameters())
-        with deepspeed.zero.GatheredParameters(params, modifier_rank=None, enabled=cfg.train.zero_stage == 3):
-            for name, tensor in sorted(module.state_dict().items()):
-                digest.update(name.encode())
-                digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
+        with deepspeed.zero.GatheredParameters(
+            list(module.parameters()), modifier_rank=None, enabled=cfg.train.zero_stage == 3
+        ):
+            hashes[part] = module_sha256(module)
+    return hashes
 
 
 def _crash_rank_zero() -> None:
@@ -263,7 +263,7 @@ def resume(engine: Any) -> Progress:
     return Progress(epoch=client["epoch"], step=client["step"], micro=client["micro"])
 
 
-def export(engine: Any, model: Any, stage: Stage, cfg: Config, frozen: dict[str, str]) -> None:
+def export(engine: Any, model: Any, stage: Stage, cfg: Config, frozen: dict[str, Any]) -> None:
     """Rank 0 writes the trained weights of this stage + ``config.yaml`` (gathered under ZeRO-3),
     and ``frozen_check.json`` with the frozen parts' digests before and after training."""
     import deepspeed
