@@ -1,13 +1,15 @@
 """Evaluation job: the paper's protocols over a model bundle → a report folder (JSON, Markdown, plots).
 
-    python -m jobs.bundle --config demo --out outputs/bundles/demo-untrained        # a baseline bundle
-    python -m jobs.evaluate --bundle outputs/bundles/demo-untrained --suite demo --out outputs/eval/untrained
+    python -m jobs.evaluate --baseline demo --suite demo --out outputs/eval/untrained   # untrained parts
+    python -m jobs.evaluate --bundle outputs/bundles/demo-s2a --suite demo --out outputs/eval/s2a
     python -m jobs.evaluate --bundle B --suite demo --out outputs/eval/b --compare outputs/eval/untrained/report.json
     ray job submit --working-dir . -- python -m jobs.evaluate --bundle B --suite paper --out OUT
 
-``--suite`` is ``demo``, ``paper`` (``jobs/configs/eval/``) or a suite YAML; trailing ``key=value``
-arguments override the suite, ``--set key=value`` the bundle's config. Without a cluster address it starts a
-local Ray instance. The demo suite's bundled data is built first where missing.
+``--baseline CONFIG`` first writes the bundle of ``CONFIG``'s untrained parts to ``OUT/bundle`` (what
+``python -m jobs.bundle --config CONFIG`` writes) and evaluates that. ``--suite`` is ``demo``, ``paper``
+(``jobs/configs/eval/``) or a suite YAML; trailing ``key=value`` arguments override the suite, ``--set
+key=value`` the bundle's config. Without a cluster address it starts a local Ray instance. The demo
+suite's bundled data is built first where missing.
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ SUITES = Path(__file__).parent / "configs" / "eval"
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--bundle", required=True, help="model bundle directory")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--bundle", help="model bundle directory")
+    source.add_argument("--baseline", help="preset or config YAML: evaluate its untrained parts")
     parser.add_argument("--suite", required=True, help="demo, paper or a suite YAML")
     parser.add_argument("--out", required=True, help="report folder")
     parser.add_argument("--compare", default="", help="another run's report.json to set beside this one")
@@ -66,8 +70,13 @@ def main(argv: list[str] | None = None) -> dict:
     suite = load_suite(suite_path(args.suite), args.overrides)
     connect(args.address, args.num_cpus)
     build_missing_data(suite)
-    answered, frozen = evaluate(args.bundle, suite, args.model_overrides)
-    report, confusions = build_report(answered, frozen, suite, args.bundle)
+    bundle = args.bundle or str(Path(args.out) / "bundle")
+    if args.baseline:
+        from jobs import bundle as bundle_job
+
+        bundle_job.main(["--config", args.baseline, "--out", bundle])
+    answered, frozen = evaluate(bundle, suite, args.model_overrides)
+    report, confusions = build_report(answered, frozen, suite, bundle)
     out = write_report(report, confusions, args.out)
     if args.compare:
         (out / "comparison.md").write_text(compare(report, json.loads(Path(args.compare).read_text())))

@@ -1,5 +1,6 @@
 """The evaluation job end to end on the tiny preset: a bundle of untrained parts, a suite of tiny shards,
-Ray Data batch inference, the report folder, a comparison, and the speaker check refusing overlap."""
+Ray Data batch inference, the report folder, a baseline run with a comparison, and the speaker check
+refusing overlap."""
 
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ def _shards_with_speakers(directory, speakers: list[str], n_rows: int) -> list[s
 @pytest.mark.slow
 def test_evaluate_a_bundle_of_untrained_parts(ray_local, tmp_path):
     bundle = tmp_path / "bundle"
-    bundle_job.main(["--config", "tiny", "--out", str(bundle)])
+    bundle_job.main(["--config", "tiny", "--out", str(bundle)])  # what --baseline tiny writes to OUT/bundle
     held = _shards_with_speakers(tmp_path / "held", ["spk-a", "spk-b"], n_rows=5)
     train = _shards_with_speakers(tmp_path / "train", ["spk-c"], n_rows=2)
     answers = tmp_path / "answers.jsonl"
@@ -69,6 +70,24 @@ def test_evaluate_a_bundle_of_untrained_parts(ray_local, tmp_path):
     folder = tmp_path / "r"
     assert json.loads((folder / "report.json").read_text())["suite"] == "tiny"
     assert (folder / "ser-tiny.png").is_file() and "## empathy" in (folder / "report.md").read_text()
+
+    only_ser = {"asr": [], "spoken_qa": [], "empathy": [], "speech_out": [], "frozen_prompts": []}
+    suite_file.write_text(yaml.safe_dump(suite | only_ser))
+    out = tmp_path / "baseline"
+    argv = [
+        "--baseline",
+        "tiny",
+        "--suite",
+        str(suite_file),
+        "--out",
+        str(out),
+        "--compare",
+        str(folder / "report.json"),
+    ]
+    again = evaluate_job.main(argv)
+    assert (out / "bundle" / "manifest.json").is_file()  # the untrained tiny bundle, written first
+    assert again["ser"] == report["ser"]  # the same seeded untrained parts: the same answers
+    assert "| ser.sets.tiny.label_word.accuracy |" in (out / "comparison.md").read_text()
 
     suite_file.write_text(yaml.safe_dump(suite | {"train_shards": held[:1], "asr": [], "speech_out": []}))
     with pytest.raises(ValueError, match="share speakers with the training shards — ser/tiny: tiny/spk-a, tiny/spk-b"):
